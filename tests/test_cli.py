@@ -1,0 +1,81 @@
+"`rcdiff run` / `rcdiff check-data` as a user calls them: report folders, refusals, clear errors."
+import json, os, subprocess, sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from rcdiff.cli import main
+from conftest import ROOT
+
+RCDIFF = str(Path(sys.executable).parent/'rcdiff')
+
+
+def _cli(*args):
+    return subprocess.run([RCDIFF, *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=900)
+
+
+def test_run_writes_the_report_folder(png_dataset, tmp_path):
+    out = tmp_path/'runs'/'r1'
+    r = _cli('run', '--data', png_dataset, '--out', out, '--quiet', '-p', 'image_size=16', '-p', 'samples_per_cell=2')
+    assert r.returncode == 0, r.stderr[-3000:]
+    for f in ['params.yaml', 'env.json', 'metrics.json', 'notebooks/00_data.ipynb',
+              'figures/class_balance.png', 'figures/samples_by_facility_and_class.png',
+              'tables/split_sizes.csv', 'tables/split_sizes.md']:
+        assert (out/f).exists(), f
+    m = json.loads((out/'metrics.json').read_text())['00_data']
+    df = pd.read_csv(png_dataset)
+    assert m['images'] == len(df) == 48 and m['patients'] == 12
+    assert m['split_sizes'] == df.split.value_counts().to_dict()
+    env = json.loads((out/'env.json').read_text())
+    assert env['packages']['torch'] and env['finished'] and '00_data' in env['seconds']
+    import yaml
+    params = yaml.safe_load((out/'params.yaml').read_text())
+    assert params['notebooks']['00_data']['image_size'] == 16 and params['preset'] == 'tiny'
+
+
+def test_run_refuses_to_overwrite_an_existing_folder(png_dataset, tmp_path):
+    out = tmp_path/'existing'; out.mkdir(); (out/'keep.txt').write_text('precious')
+    r = _cli('run', '--data', png_dataset, '--out', out, '--quiet')
+    assert r.returncode == 1 and 'refusing to overwrite' in r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ['keep.txt'] and (out/'keep.txt').read_text() == 'precious'
+
+
+def test_run_rejects_unknown_parameters_before_doing_anything(png_dataset, tmp_path):
+    out = tmp_path/'r'
+    assert main(['run', '--data', str(png_dataset), '--out', str(out), '-p', 'imagesize=32']) == 1
+    assert not out.exists()
+    r = _cli('run', '--data', png_dataset, '--out', out, '-p', 'imagesize=32')
+    assert r.returncode == 1 and "unknown parameter 'imagesize'" in r.stderr and not out.exists()
+
+
+def test_run_rejects_unknown_preset_and_experiment(png_dataset, tmp_path):
+    assert main(['run', '--preset', 'huge']) == 2
+    r = _cli('run', '--data', png_dataset, '--out', tmp_path/'r', '--only', 'nosuch')
+    assert r.returncode == 1 and "unknown experiment 'nosuch'" in r.stderr
+
+
+def test_run_checks_data_before_any_notebook(png_dataset, tmp_path):
+    (png_dataset.parent/'img'/'p03_s1.png').unlink()
+    out = tmp_path/'r'
+    r = _cli('run', '--data', png_dataset, '--out', out, '--quiet')
+    assert r.returncode == 1 and 'p03_s1.png' in r.stderr and not out.exists()
+
+
+def test_failing_notebook_is_named_with_its_cell(png_dataset, tmp_path):
+    out = tmp_path/'r'
+    r = _cli('run', '--data', png_dataset, '--out', out, '--quiet', '-p', 'image_size=-3')
+    assert r.returncode == 1
+    assert 'notebook 00_data failed at cell' in r.stderr, r.stderr[-2000:]
+    assert (out/'FAILED.txt').exists() and (out/'notebooks'/'00_data.ipynb').exists()
+
+
+def test_check_data_command(png_dataset):
+    r = _cli('check-data', png_dataset)
+    assert r.returncode == 0 and 'no problems found' in r.stdout
+    df = pd.read_csv(png_dataset)
+    df.loc[len(df)] = df.iloc[0]  # a duplicate row
+    df.to_csv(png_dataset, index=False)
+    r = _cli('check-data', png_dataset, '--classes', '0,1')
+    assert r.returncode == 1 and 'duplicate' in r.stderr.lower()
+    assert _cli('check-data', png_dataset.parent/'nothere.csv').returncode == 1

@@ -1,0 +1,62 @@
+"The compendium's shape: pins agree, README commands are what CI runs, experiments are papermill-ready."
+import json, re
+from configparser import ConfigParser
+
+import yaml
+
+from conftest import ROOT
+
+
+def _settings():
+    cfg = ConfigParser(delimiters=['=']); cfg.read(ROOT/'settings.ini')
+    return cfg['DEFAULT']
+
+
+def test_environment_yml_pins_agree_with_settings_ini():
+    s = _settings()
+    pins = set(s['requirements'].split()) | set(s['dev_requirements'].split())
+    env = yaml.safe_load((ROOT/'environment.yml').read_text())
+    pip = next(d['pip'] for d in env['dependencies'] if isinstance(d, dict) and 'pip' in d)
+    yml = {p for p in pip if not p.startswith('-')}
+    assert yml == pins, f"only in environment.yml: {yml - pins}; only in settings.ini: {pins - yml}"
+    assert all(re.fullmatch(r'[A-Za-z0-9_.-]+==[0-9][\w.]*', p) for p in pins), "every requirement is pinned with =="
+
+
+def test_nbdev_keeps_papermill_tags_and_stays_on_nbdev2():
+    s = _settings()
+    assert s['allowed_cell_metadata_keys'].strip() == 'tags'
+    req = s['requirements'].split()
+    assert 'nbdev==2.4.14' in req and 'execnb==0.1.18' in req and 'fastcore==1.12.47' in req
+
+
+def _readme_commands():
+    text = (ROOT/'README.md').read_text()
+    return re.findall(r'```bash\n(.*?)\n```', text, flags=re.S)
+
+
+def test_readme_install_and_test_commands_are_what_ci_runs():
+    blocks = _readme_commands()
+    install, test = blocks[0].strip(), blocks[1].strip()
+    assert 'pip install' in install and 'pytest' in test
+    ci = (ROOT/'.ci'/'run').read_text()
+    assert install in ci and test in ci
+    assert 'rcdiff run --preset tiny' in blocks[2]
+
+
+def test_experiment_notebooks_have_parameters_cell_starting_with_preset():
+    nbs = sorted((ROOT/'nbs'/'experiments').glob('*.ipynb'))
+    assert nbs and (ROOT/'nbs'/'experiments'/'.notest').exists()
+    for nb in nbs:
+        cells = json.loads(nb.read_text())['cells']
+        tagged = [c for c in cells if 'parameters' in c.get('metadata', {}).get('tags', [])]
+        assert len(tagged) == 1, f"{nb.name}: needs exactly one cell tagged 'parameters'"
+        first = next(l for l in ''.join(tagged[0]['source']).splitlines() if l.strip() and not l.startswith('#'))
+        assert first.startswith('preset'), f"{nb.name}: the first parameter must be `preset`"
+
+
+def test_library_notebooks_export_one_module_each():
+    for nb in sorted((ROOT/'nbs').glob('[0-9][0-9]_*.ipynb')):
+        src = ''.join(''.join(c['source']) for c in json.loads(nb.read_text())['cells'])
+        m = re.search(r'#\|\s*default_exp\s+(\w+)', src)
+        assert m, f"{nb.name} exports nothing"
+        assert (ROOT/'rcdiff'/f'{m.group(1)}.py').exists()
