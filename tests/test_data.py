@@ -71,7 +71,7 @@ def with_extra(csv, *rows):
 
 # ---------------------------------------------------------------- a clean dataset
 def test_clean_dataset_passes_with_expected_counts(clean, capsys):
-    rep = check_data(clean)
+    rep = check_data(clean, verbose=True)
     assert rep.ok and rep.problems == []
     out = capsys.readouterr().out
     assert 'labels.csv: 24 rows, 12 patients, 2 classes (hematoma, normal)' in out
@@ -107,7 +107,7 @@ def test_pretrain_labels_are_refused(clean):
 # ---------------------------------------------------------------- every check_data problem
 def test_missing_file(clean):
     n = with_extra(clean, ['img/nowhere.png', 'normal', 'P50', 'train'])
-    rep = check_data(clean, verbose=False)
+    rep = check_data(clean)
     assert not rep.ok
     assert one_problem(rep, 'missing file') == f"row {n} (csv line {n + 1}): missing file 'img/nowhere.png'"
 
@@ -117,7 +117,7 @@ def test_truncated_png(clean):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(p)
     p.write_bytes(p.read_bytes()[:200])
     n = with_extra(clean, ['img/cut.png', 'normal', 'P50', 'train'])
-    rep = check_data(clean, verbose=False)
+    rep = check_data(clean)
     line = one_problem(rep, "cannot decode 'img/cut.png'")
     assert line.startswith(f"row {n} (csv line {n + 1}):") and 'truncated' in line
 
@@ -125,7 +125,7 @@ def test_truncated_png(clean):
 def test_garbage_bytes_named_png(clean):
     (clean.parent/'img/fake.png').write_bytes(b'\x00GARBAGE' * 50)
     with_extra(clean, ['img/fake.png', 'normal', 'P50', 'train'])
-    rep = check_data(clean, verbose=False)
+    rep = check_data(clean)
     one_problem(rep, "cannot decode 'img/fake.png'", 'UnidentifiedImageError')
 
 
@@ -136,7 +136,7 @@ def test_corrupt_npy(clean):
     (clean.parent/'img/junk.npy').write_bytes(b'not a numpy file at all')
     with_extra(clean, ['img/good.npy', 'normal', 'P50', 'train'], ['img/bad.npy', 'normal', 'P51', 'train'],
                ['img/junk.npy', 'normal', 'P52', 'train'])
-    rep = check_data(clean, verbose=False)
+    rep = check_data(clean)
     one_problem(rep, "cannot decode 'img/bad.npy'")
     one_problem(rep, "cannot decode 'img/junk.npy'")
     assert not any('good.npy' in p for p in rep.problems)
@@ -144,18 +144,18 @@ def test_corrupt_npy(clean):
 
 def test_unknown_label_with_declared_classes(clean):
     n = with_extra(clean, [f'img/p00_0.png', 'tumour', 'P00', 'train'])
-    rep = check_data(clean, classes=['normal', 'hematoma'], verbose=False)
+    rep = check_data(clean, classes=['normal', 'hematoma'])
     line = one_problem(rep, "unknown label 'tumour'")
     assert line.startswith(f"row {n} (csv line {n + 1})") and '--classes' in line and 'normal, hematoma' in line
     # the same label, declared, is fine (apart from the duplicate path we added on purpose)
-    rep2 = check_data(clean, classes=['normal', 'hematoma', 'tumour'], verbose=False)
+    rep2 = check_data(clean, classes=['normal', 'hematoma', 'tumour'])
     assert not any('label' in p for p in rep2.problems)
 
 
 def test_one_row_typo_label_without_declaration(clean):
     png(clean.parent/'img/t.png')
     n = with_extra(clean, ['img/t.png', 'hematomaa', 'P00', 'train'])
-    rep = check_data(clean, verbose=False)
+    rep = check_data(clean)
     line = one_problem(rep, "label 'hematomaa'")
     assert line.startswith(f"row {n} (csv line {n + 1})") and 'only 1 row' in line
     assert 'typo' in line and '--classes' in line
@@ -165,14 +165,14 @@ def test_one_row_typo_label_without_declaration(clean):
 def test_patient_in_two_splits(clean):
     png(clean.parent/'img/extra.png')
     n = with_extra(clean, ['img/extra.png', 'normal', 'P00', 'test'])  # P00 is a train patient
-    rep = check_data(clean, verbose=False)
+    rep = check_data(clean)
     line = one_problem(rep, "patient 'P00' is in 2 splits")
     assert 'train in rows 1 and 2' in line and f'test in row {n}' in line
 
 
 def test_duplicate_rows_name_both(clean):
     n = with_extra(clean, ['img/p03_1.png', 'hematoma', 'P03', 'train'])
-    rep = check_data(clean, verbose=False)
+    rep = check_data(clean)
     line = one_problem(rep, 'duplicate path')
     assert line == f"rows 8 and {n} (csv lines 9 and {n + 1}): duplicate path 'img/p03_1.png' (each image must be listed once)"
 
@@ -181,7 +181,7 @@ def test_empty_split_from_column(clean):
     df = pd.read_csv(clean)
     df.loc[df.split == 'test', 'split'] = 'train'
     df.to_csv(clean, index=False)
-    rep = check_data(clean, verbose=False)
+    rep = check_data(clean)
     assert one_problem(rep, "split 'test' is empty") == "split 'test' is empty (0 rows): the 'split' column has no 'test' rows"
     assert len(rep.problems) == 1
 
@@ -189,34 +189,34 @@ def test_empty_split_from_column(clean):
 def test_empty_split_after_splitting(tmp_path):
     rows = [[str(png(tmp_path/f'{i}.png', i).name), 'a', f'P{i}'] for i in range(4)]
     csv = write_csv(tmp_path, rows, ('path', 'label', 'patient_id'))
-    rep = check_data(csv, pretrain_fraction=0, verbose=False)
+    rep = check_data(csv, pretrain_fraction=0)
     line = one_problem(rep, "split 'test' is empty")
     assert '4 downstream patients are too few' in line
 
 
 def test_missing_columns(tmp_path):
     csv = write_csv(tmp_path, [['a.png', 'P1']], ('file', 'patient_id'))
-    rep = check_data(csv, verbose=False)
+    rep = check_data(csv)
     assert not rep.ok
     assert rep.problems == ["labels.csv: missing required columns 'path' and 'label' (columns found: file, patient_id)"]
     (tmp_path/'labels.csv').write_text('path,patient_id\na.png,P1\n')
-    assert check_data(csv, verbose=False).problems[0].startswith("labels.csv: missing required column 'label'")
+    assert check_data(csv).problems[0].startswith("labels.csv: missing required column 'label'")
 
 
 def test_bad_split_value(clean):
     png(clean.parent/'img/s.png')
     n = with_extra(clean, ['img/s.png', 'normal', 'P60', 'training'])
-    rep = check_data(clean, verbose=False)
+    rep = check_data(clean)
     assert one_problem(rep, 'unknown split value') == \
         f"row {n} (csv line {n + 1}): unknown split value 'training' (allowed: pretrain, train, valid, test)"
 
 
 def test_empty_csv(tmp_path):
     (tmp_path/'labels.csv').write_text('')
-    rep = check_data(tmp_path/'labels.csv', verbose=False)
+    rep = check_data(tmp_path/'labels.csv')
     assert not rep.ok and 'empty csv' in rep.problems[0]
     (tmp_path/'labels.csv').write_text('path,label\n')
-    rep = check_data(tmp_path/'labels.csv', verbose=False)
+    rep = check_data(tmp_path/'labels.csv')
     assert rep.problems == ['labels.csv: empty csv (a header but no data rows)']
 
 
@@ -224,7 +224,7 @@ def test_all_problems_reported_together_and_open_raises(clean):
     (clean.parent/'img/fake.png').write_bytes(b'nope')
     with_extra(clean, ['img/gone.png', 'normal', 'P50', 'train'], ['img/fake.png', 'normal', 'P51', 'train'],
                ['img/p00_0.png', 'normal', 'P00', 'train'], ['img/p01_0.png', 'typo', 'P01', 'train'])
-    rep = check_data(clean, verbose=False)
+    rep = check_data(clean)
     assert len(rep.problems) == 5  # 2 duplicate paths, the typo, the missing file, the garbage file
     for needle in ("duplicate path 'img/p00_0.png'", "duplicate path 'img/p01_0.png'", "label 'typo'",
                    "missing file 'img/gone.png'", "cannot decode 'img/fake.png'"):
@@ -298,7 +298,7 @@ def test_dicom_dataset_checks(tmp_path, ct_copy):
     (tmp_path/'broken.dcm').write_bytes((tmp_path/'0.dcm').read_bytes()[:-5000])
     rows.append(['broken.dcm', 0, 'P9', 'train'])
     csv = write_csv(tmp_path, rows)
-    rep = check_data(csv, window='stack', verbose=False)
+    rep = check_data(csv, window='stack')
     assert rep.problems and all("'broken.dcm'" in p for p in rep.problems) and len(rep.problems) == 1
     assert rep.classes == [0, 1]
     assert rep.table.loc[0, 'label'] == 0
@@ -341,7 +341,7 @@ def test_small_npz_rgb_and_errors(tmp_path):
     with pytest.raises(DataError, match='out of range'):
         load_image(f"{tmp_path/'m.npz'}::val_images/3")
     np.savez(tmp_path/'bad.npz', train_images=arrays['train_images'])
-    assert "no 'train_labels'" in check_data(tmp_path/'bad.npz', verbose=False).problems[0]
+    assert "no 'train_labels'" in check_data(tmp_path/'bad.npz').problems[0]
 
 
 # ---------------------------------------------------------------- splits
@@ -409,7 +409,7 @@ def test_facility_dataset_summary(tmp_path):
         png(tmp_path/f'img/{i}.png', i)
         rows.append([f'img/{i}.png', ['normal', 'hematoma'][i % 4 == 0], f'P{i // 2}', '1' if i < 20 else '2'])
     csv = write_csv(tmp_path, rows, ('path', 'label', 'patient_id', 'facility'))
-    rep = check_data(csv, verbose=False)
+    rep = check_data(csv)
     assert rep.ok, rep.problems
     assert 'facility 1 is downstream' in rep.summary and 'rows by facility' in rep.summary
     ds = Dataset.open(csv)
@@ -509,7 +509,7 @@ def test_checked_dataset_is_not_decoded_again(counted, clean):
     assert n == 24
     ds.images('train'); ds.images('train', size=4); ds.images('valid', size=4)  # native and resized from native
     assert len(counted) == n
-    assert check_data(clean, verbose=False).ok and len(counted) == n
+    assert check_data(clean).ok and len(counted) == n
 
 
 def test_cache_key_changes_with_npz_member_and_size(counted, tmp_path):
