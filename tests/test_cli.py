@@ -79,3 +79,34 @@ def test_check_data_command(png_dataset):
     r = _cli('check-data', png_dataset, '--classes', '0,1')
     assert r.returncode == 1 and 'duplicate' in r.stderr.lower()
     assert _cli('check-data', png_dataset.parent/'nothere.csv').returncode == 1
+
+
+SMALL = 'phantom_overrides={size: 32, render: 48, pretrain: 66, train: 40, valid: 20, test: 20}'
+
+
+def test_run_on_the_embedded_phantom_generates_it_once(tmp_path):
+    r = _cli('run', '--out', tmp_path/'a', '--quiet', '-p', SMALL, '-p', 'image_size=32', '-p', 'samples_per_cell=1')
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((tmp_path/'a'/'metrics.json').read_text())['00_data']
+    assert m['images'] == 146 and m['facilities'] == 12
+    assert m['split_sizes'] == {'pretrain': 66, 'train': 40, 'valid': 20, 'test': 20}
+    cached = list((Path(os.environ['RCDIFF_CACHE'])/'phantom').glob('tiny-seed0-*/labels.csv'))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    r = _cli('run', '--out', tmp_path/'b', '--quiet', '-p', SMALL, '-p', 'image_size=32', '-p', 'samples_per_cell=1')
+    assert r.returncode == 0 and cached[0].stat().st_mtime_ns == stamp  # reused, not regenerated
+
+
+def test_phantom_command_writes_once(tmp_path):
+    out = tmp_path/'ph'
+    args = ['phantom', out, '-p', 'size=32', '-p', 'render=48', '-p', 'pretrain=22', '-p', 'train=20',
+            '-p', 'valid=10', '-p', 'test=10']
+    r = _cli(*args)
+    assert r.returncode == 0, r.stderr
+    df = pd.read_csv(out/'labels.csv')
+    assert len(df) == 62 and set(df.facility) == set(range(1, 13))
+    before = (out/'labels.csv').read_bytes()
+    r = _cli(*args)
+    assert r.returncode == 1 and str(out) in r.stderr and (out/'labels.csv').read_bytes() == before
+    assert _cli('phantom', tmp_path/'x', '-p', 'nosuch=1').returncode == 1
+    assert _cli('check-data', out/'labels.csv').returncode == 0
