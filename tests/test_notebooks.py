@@ -6,7 +6,7 @@ import pytest
 
 from conftest import ROOT
 
-NBS = sorted((ROOT/'nbs').glob('[0-9][0-9]_*.ipynb'))
+NBS = sorted((ROOT/'nbs').glob('[0-9][0-9]*_*.ipynb'))
 
 
 @pytest.mark.parametrize('nb', NBS, ids=[p.stem for p in NBS])
