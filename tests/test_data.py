@@ -519,3 +519,18 @@ def test_cache_key_changes_with_npz_member_and_size(counted, tmp_path):
     assert len(counted) == 2 and not torch.equal(a[0], a[1])
     load_images([f"{tmp_path/'m.npz'}::train_images/0"], size=6)
     assert len(counted) == 2  # resized from the cached native entry, not decoded again
+
+
+def test_pretrain_labels_only_for_the_class_conditioned_generation_model(tmp_path):
+    from PIL import Image
+    import numpy as np
+    rows = []
+    for i in range(12):
+        Image.fromarray(np.full((8, 8), i * 10, np.uint8)).save(tmp_path/f'{i}.png')
+        split = (['pretrain'] * 6 + ['train', 'train', 'valid', 'valid', 'test', 'test'])[i]
+        rows.append(dict(path=f'{i}.png', label=i % 2, patient_id=f'p{i}', split=split))
+    pd.DataFrame(rows).to_csv(tmp_path/'labels.csv', index=False)
+    ds = Dataset.open(tmp_path/'labels.csv')
+    with pytest.raises(PretrainLabelsError):
+        ds.labels('pretrain')
+    assert ds.labels('pretrain', class_conditioned_generation=True).tolist() == [0, 1, 0, 1, 0, 1]
