@@ -17,7 +17,8 @@ def _cli(*args):
 
 def test_run_writes_the_report_folder(png_dataset, tmp_path):
     out = tmp_path/'runs'/'r1'
-    r = _cli('run', '--data', png_dataset, '--out', out, '--quiet', '-p', 'image_size=16', '-p', 'samples_per_cell=2')
+    r = _cli('run', '--data', png_dataset, '--out', out, '--quiet', '--only', 'data', '-p', 'image_size=16',
+             '-p', 'samples_per_cell=2')
     assert r.returncode == 0, r.stderr[-3000:]
     for f in ['params.yaml', 'env.json', 'metrics.json', 'notebooks/00_data.ipynb',
               'figures/class_balance.png', 'figures/samples_by_facility_and_class.png',
@@ -85,7 +86,8 @@ SMALL = 'phantom_overrides={size: 32, render: 48, pretrain: 66, train: 40, valid
 
 
 def test_run_on_the_embedded_phantom_generates_it_once(tmp_path):
-    r = _cli('run', '--out', tmp_path/'a', '--quiet', '-p', SMALL, '-p', 'image_size=32', '-p', 'samples_per_cell=1')
+    r = _cli('run', '--out', tmp_path/'a', '--quiet', '--only', 'data', '-p', SMALL, '-p', 'image_size=32',
+             '-p', 'samples_per_cell=1')
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((tmp_path/'a'/'metrics.json').read_text())['00_data']
     assert m['images'] == 146 and m['facilities'] == 12
@@ -93,7 +95,8 @@ def test_run_on_the_embedded_phantom_generates_it_once(tmp_path):
     cached = list((Path(os.environ['RCDIFF_CACHE'])/'phantom').glob('tiny-seed0-*/labels.csv'))
     assert len(cached) == 1
     stamp = cached[0].stat().st_mtime_ns
-    r = _cli('run', '--out', tmp_path/'b', '--quiet', '-p', SMALL, '-p', 'image_size=32', '-p', 'samples_per_cell=1')
+    r = _cli('run', '--out', tmp_path/'b', '--quiet', '--only', 'data', '-p', SMALL, '-p', 'image_size=32',
+             '-p', 'samples_per_cell=1')
     assert r.returncode == 0 and cached[0].stat().st_mtime_ns == stamp  # reused, not regenerated
 
 
@@ -110,3 +113,26 @@ def test_phantom_command_writes_once(tmp_path):
     assert r.returncode == 1 and str(out) in r.stderr and (out/'labels.csv').read_bytes() == before
     assert _cli('phantom', tmp_path/'x', '-p', 'nosuch=1').returncode == 1
     assert _cli('check-data', out/'labels.csv').returncode == 0
+
+
+def test_pretrain_and_benchmark_experiments_run_end_to_end(tmp_path):
+    "01_pretrain (three LDTs, Fig. 8, leakage audit) and 91_bench_dit on a very small phantom, a few steps each."
+    out = tmp_path/'pre'
+    r = _cli('run', '--out', out, '--quiet', '--only', 'pretrain', 'bench_dit', '-p', SMALL, '-p', 'image_size=32',
+             '-p', 'pretrain_steps=4', '-p', 'audit_images=16', '-p', 'audit_r_widths=[4, 64]',
+             '-p', 'steps=1', '-p', 'repeats=1', '-p', 'warmup=1')
+    assert r.returncode == 0, r.stderr[-3000:]
+    for f in ['figures/fig8_pretrain_loss.png', 'figures/audit_loss_by_t.png', 'tables/min_loss.csv',
+              'tables/audit_loss_vs_r_width.csv', 'tables/dit_step_time.csv', 'notebooks/01_pretrain.ipynb',
+              'notebooks/91_bench_dit.ipynb']:
+        assert (out/f).exists(), f
+    m = json.loads((out/'metrics.json').read_text())
+    pre = m['01_pretrain']
+    assert set(pre['min_loss']) == {'unconditional', 'class-conditioned', 'representation-conditioned'}
+    assert all(0 < v < 10 for v in pre['min_loss'].values())
+    assert pre['latent_shape'] == [4, 8, 8]
+    width = pd.read_csv(out/'tables'/'audit_loss_vs_r_width.csv')
+    assert len(width) == 3  # the unconditional reference + two widths
+    logs = {c: pd.read_csv(out/'checkpoints'/c/'loss.csv') for c in ['none', 'class', 'representation']}
+    assert all(len(lg) == 4 for lg in logs.values())
+    assert '91_bench_dit' in m
