@@ -85,7 +85,8 @@ def test_check_data_command(png_dataset):
 SMALL = 'phantom_overrides={size: 32, render: 48, pretrain: 66, train: 40, valid: 20, test: 20}'
 
 
-def test_run_on_the_embedded_phantom_generates_it_once(tmp_path):
+def test_run_on_the_embedded_phantom_generates_it_once(tmp_path, monkeypatch):
+    monkeypatch.setenv('RCDIFF_CACHE', str(tmp_path/'own-cache'))  # the runner's subprocess inherits it
     r = _cli('run', '--out', tmp_path/'a', '--quiet', '--only', 'data', '-p', SMALL, '-p', 'image_size=32',
              '-p', 'samples_per_cell=1')
     assert r.returncode == 0, r.stderr[-3000:]

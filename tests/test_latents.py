@@ -151,7 +151,8 @@ class Counting:
     def __getattr__(self, k): return getattr(self.tok, k)
 
 
-def test_cache_reused_and_invalidated(phantom):
+def test_cache_reused_and_invalidated(phantom, tmp_path, monkeypatch):
+    monkeypatch.setenv('RCDIFF_CACHE', str(tmp_path/'own-cache'))  # count only this test's cache files
     ds = Dataset.open(phantom)
     pre = ds.images('pretrain')
     tok = Counting(PCATokenizer.fit(pre, p=8, k=4))
