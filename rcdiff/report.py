@@ -21,17 +21,30 @@ PRESETS = {
                   # 01_pretrain: latents 4x16x16 (PCA p=4), a CPU-sized DiT
                   tokenizer='pca', pca_patch=4, pca_components=4, pretrain_model='DiT-T/2', pretrain_steps=300,
                   pretrain_batch_size=16, pretrain_lr=1e-4, pretrain_ema_decay=0.999, encoder_size='tiny', r_dim=64,
-                  audit_r_widths=[4, 64], audit_images=256),
+                  audit_r_widths=[4, 64], audit_images=256,
+                  # 02_classify: short tuning, a 16-entry noise bank, CPU-sized baselines (ResNet-18, ViT-Ti) and DINOv2
+                  seeds=[0], tune_steps=200, tune_batch_size=16, tune_lr=1e-4, tune_ema_decay=0.99, tune_eval_every=100,
+                  tune_balance='sampler', tune_valid_n_t=4, dc_n_t=8, dc_n_eps=2, dc_batch_size=1024, adaptive_z=2.0,
+                  adaptive_min_samples=2, adaptive_chunk=1, cnn='resnet18', vit='vit_tiny', baseline_epochs=8,
+                  baseline_batch_size=32, baseline_lr=1e-3, dino_arch='vit_tiny', dino_steps=20, dino_batch_size=16,
+                  dino_local_crops=2, n_boot=2000),
     'paper': dict(phantom='paper', phantom_seed=0, phantom_overrides={}, seed=0, image_size=256,
                   # 01_pretrain: Table 2 of the RC-LDT paper (DiT-B/2, batch 16, lr 1e-4, 4x32x32 latents: give the
                   # SD-VAE folder with -p tokenizer=PATH; the PCA default has the same latent shape). Steps, EMA and
                   # the encoder size are not in the paper: our choices.
                   tokenizer='pca', pca_patch=8, pca_components=4, pretrain_model='DiT-B/2', pretrain_steps=100_000,
                   pretrain_batch_size=16, pretrain_lr=1e-4, pretrain_ema_decay=0.9999, encoder_size='base', r_dim=768,
-                  audit_r_widths=[16, 128, 768], audit_images=1024),
+                  audit_r_widths=[16, 128, 768], audit_images=1024,
+                  # 02_classify: the paper's ResNet-50, ViT-B and DINOv2 (ViT-B); tuning length, bank size, epochs and
+                  # seeds are not in the paper: our choices (Li et al. use 50+ timesteps per class)
+                  seeds=[0, 1, 2], tune_steps=5000, tune_batch_size=16, tune_lr=1e-4, tune_ema_decay=0.999,
+                  tune_eval_every=500, tune_balance='sampler', tune_valid_n_t=10, dc_n_t=50, dc_n_eps=2, dc_batch_size=1024,
+                  adaptive_z=2.0, adaptive_min_samples=4, adaptive_chunk=2, cnn='resnet50', vit='vit_base',
+                  baseline_epochs=50, baseline_batch_size=32, baseline_lr=3e-4, dino_arch='vit_base', dino_steps=10_000,
+                  dino_batch_size=64, dino_local_crops=8, n_boot=2000),
 }
 RUNNER_KEYS = ('phantom', 'phantom_seed', 'phantom_overrides')  # read by the runner, not by notebooks
-EXPERIMENTS = ['00_data', '01_pretrain']  # the default run, in reading order
+EXPERIMENTS = ['00_data', '01_pretrain', '02_classify']  # the default run, in reading order
 
 # %% ../nbs/90_report.ipynb #8230551b
 class RunError(RuntimeError):

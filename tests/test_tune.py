@@ -1,0 +1,85 @@
+"Tests of rcdiff.tune: the swap keeps the denoiser, selection on valid, class balance, folders never overwritten."
+import numpy as np
+import pytest
+import torch
+
+from rcdiff.latents import LatentSet
+from rcdiff.train import TrainConfig, build
+from rcdiff.tune import TuneConfig, _batch, denoiser_state, from_pretrained, from_scratch, tune
+
+SMALL = dict(hidden_size=32, depth=1, num_heads=2, r_dim=8)
+
+
+def toy(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    y = (torch.rand(n, generator=g) < 0.3).long()
+    x = torch.randn(n, 4, 8, 8, generator=g); x[y == 1, :, :3, :3] += 2
+    return LatentSet(torch.stack([x, x.flip(-1)]), torch.zeros(2, n, 4, 8, 8)), y
+
+
+@pytest.mark.parametrize('cond', ['representation', 'none'])
+def test_swap_keeps_every_denoiser_tensor(cond):
+    pre = build(TrainConfig(cond=cond, **SMALL), (4, 8, 8))[0]
+    tuned = from_pretrained(pre, num_classes=3)
+    a, b = denoiser_state(pre), denoiser_state(tuned)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert tuned.cond == 'class' and not hasattr(tuned, 'r_embedder') and tuned.y_embedder.embedding_table.num_embeddings == 3
+    assert pre.cond == cond                                                   # the pre-trained model is not modified
+
+
+def test_tuning_starts_from_the_pretrained_weights(tmp_path):
+    pre = build(TrainConfig(cond='representation', **SMALL), (4, 8, 8))[0]
+    lat, y = toy(24, 0); vl, vy = toy(12, 1)
+    frozen = tune(from_pretrained(pre, 2), lat, y, TuneConfig(steps=3, lr=0., eval_every=1), tmp_path/'a', valid=(vl.mean[0], vy), progress=False)
+    a, b = denoiser_state(pre), denoiser_state(frozen.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    moved = tune(from_pretrained(pre, 2), lat, y, TuneConfig(steps=3, lr=1e-2, eval_every=3, use_ema=False), tmp_path/'b',
+                 evaluate=lambda m: 1.0 if m.training is False else 0., progress=False)
+    # selection keeps the first best (step 0, the swapped but untuned model) when nothing improves
+    assert moved.best_step == 0
+    c = denoiser_state(moved.model)
+    assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_selection_returns_the_best_evaluated_weights(tmp_path):
+    lat, y = toy(24, 0)
+    calls = []
+    def evaluate(m):                                                          # best at the second evaluation
+        calls.append({k: v.clone() for k, v in m.state_dict().items()})
+        return [0.1, 0.9, 0.5, 0.2][len(calls) - 1]
+    r = tune(from_scratch(TrainConfig(**SMALL), (4, 8, 8), 2), lat, y, TuneConfig(steps=6, lr=1e-2, eval_every=2, ema_decay=0.5),
+             tmp_path/'s', evaluate=evaluate, progress=False)
+    assert r.best_step == 2 and r.evals.step.tolist() == [0, 2, 4, 6]
+    assert all(torch.equal(v, calls[1][k]) for k, v in r.model.state_dict().items())
+
+
+def test_class_balanced_batches():
+    y = torch.tensor([0] * 95 + [1] * 5)
+    g = torch.Generator().manual_seed(0)
+    assert abs(y[_batch(y, 5000, 'sampler', g)].float().mean().item() - 0.5) < 0.03
+    assert abs(y[_batch(y, 5000, 'none', g)].float().mean().item() - 0.05) < 0.015
+
+
+def test_finished_run_is_read_back_and_foreign_folders_refused(tmp_path):
+    lat, y = toy(24, 0); vl, vy = toy(12, 1)
+    m = from_scratch(TrainConfig(**SMALL), (4, 8, 8), 2)
+    cfg = TuneConfig(steps=2, lr=1e-3, eval_every=1)
+    r1 = tune(m, lat, y, cfg, tmp_path/'r', valid=(vl.mean[0], vy), progress=False)
+    before = {p.name: p.read_bytes() for p in (tmp_path/'r').iterdir()}
+    r2 = tune(m, lat, y, cfg, tmp_path/'r', valid=(vl.mean[0], vy), progress=False)
+    assert all(torch.equal(v, r2.model.state_dict()[k]) for k, v in r1.model.state_dict().items())
+    with pytest.raises(FileExistsError, match='another tuning run'):
+        tune(m, lat, y, TuneConfig(steps=3), tmp_path/'r', valid=(vl.mean[0], vy), progress=False)
+    assert before == {p.name: p.read_bytes() for p in (tmp_path/'r').iterdir()}
+    (tmp_path/'u').mkdir(); (tmp_path/'u'/'loss.csv').write_text('mine')
+    with pytest.raises(FileExistsError): tune(m, lat, y, cfg, tmp_path/'u', valid=(vl.mean[0], vy), progress=False)
+    assert (tmp_path/'u'/'loss.csv').read_text() == 'mine'
+
+
+def test_bad_input():
+    lat, y = toy(8, 0)
+    pre = build(TrainConfig(cond='none', **SMALL), (4, 8, 8))[0]
+    with pytest.raises(ValueError, match='class-conditioned'): tune(pre, lat, y, TuneConfig(), '/nonexistent', valid=(lat.mean[0], y))
+    with pytest.raises(ValueError, match='labels must lie'): tune(from_pretrained(pre, 2), lat, y + 5, TuneConfig(), '/nonexistent', valid=(lat.mean[0], y))
+    with pytest.raises(ValueError, match='8 latents'): tune(from_pretrained(pre, 2), lat, y[:3], TuneConfig(), '/nonexistent')
+    with pytest.raises(ValueError, match='balance'): TuneConfig(balance='weights')
