@@ -137,3 +137,28 @@ def test_pretrain_and_benchmark_experiments_run_end_to_end(tmp_path):
     logs = {c: pd.read_csv(out/'checkpoints'/c/'loss.csv') for c in ['none', 'class', 'representation']}
     assert all(len(lg) == 4 for lg in logs.values())
     assert '91_bench_dit' in m
+
+
+def test_classify_and_its_benchmark_run_end_to_end(tmp_path):
+    "02_classify (pre-trains here when the run has no checkpoints, tunes, classifies, baselines, Table 4) and 92_bench_classify."
+    out = tmp_path/'cls'
+    r = _cli('run', '--out', out, '--quiet', '--only', 'classify', 'bench_classify', '-p', SMALL, '-p', 'image_size=32',
+             '-p', 'pretrain_steps=2', '-p', 'tune_steps=2', '-p', 'tune_eval_every=1', '-p', 'dc_n_t=3',
+             '-p', 'baseline_epochs=1', '-p', 'dino_steps=1', '-p', 'n_boot=50', '-p', 'bank_n_t=2',
+             '-p', 'naive_images=1', '-p', 'batched_images=2', '-p', 'repeats=1', '-p', 'model=DiT-T/4')
+    assert r.returncode == 0, r.stderr[-3000:]
+    for f in ['tables/table4_raw.csv', 'tables/table4_calibrated.csv', 'tables/table4_paper.csv', 'tables/classification_all.csv',
+              'tables/adaptive_vs_exhaustive.csv', 'figures/fig9_zt_and_z0_pred.png', 'figures/accuracy_vs_t.png',
+              'figures/accuracy_vs_samples.png', 'figures/tuning.png', 'tables/classifier_throughput.csv',
+              'arrays/errors_seed0_representation_test.npz', 'checkpoints/tune/seed0/representation/best.pt']:
+        assert (out/f).exists(), f
+    m = json.loads((out/'metrics.json').read_text())
+    c = m['02_classify']
+    assert c['test_images'] == 20 and len(c['table4_raw']) == 5
+    for row in c['table4_raw'].values():
+        assert 0 <= row['accuracy'] <= 1 and 0 <= row['auroc'] <= 1
+    assert c['adaptive']['evaluations_adaptive'] <= c['adaptive']['evaluations_exhaustive'] == 2 * 3
+    assert c['adaptive']['max_relative_deviation_from_exhaustive'] < 1e-4
+    t4 = pd.read_csv(out/'tables'/'table4_raw.csv')
+    assert t4.accuracy.str.match(r'^1?\.\d{3} \[').all()                    # value [low, high]
+    assert m['92_bench_classify']['max_relative_difference'] < 1e-3

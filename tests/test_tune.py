@@ -30,15 +30,15 @@ def test_swap_keeps_every_denoiser_tensor(cond):
 def test_tuning_starts_from_the_pretrained_weights(tmp_path):
     pre = build(TrainConfig(cond='representation', **SMALL), (4, 8, 8))[0]
     lat, y = toy(24, 0); vl, vy = toy(12, 1)
-    frozen = tune(from_pretrained(pre, 2), lat, y, TuneConfig(steps=3, lr=0., eval_every=1), tmp_path/'a', valid=(vl.mean[0], vy), progress=False)
+    frozen = tune(from_pretrained(pre, 2), lat, y, TuneConfig(steps=3, lr=0., eval_every=1, ema_decay=0.), tmp_path/'a', valid=(vl.mean[0], vy), progress=False)
     a, b = denoiser_state(pre), denoiser_state(frozen.model)
     assert all(torch.equal(a[k], b[k]) for k in a)
     moved = tune(from_pretrained(pre, 2), lat, y, TuneConfig(steps=3, lr=1e-2, eval_every=3, use_ema=False), tmp_path/'b',
-                 evaluate=lambda m: 1.0 if m.training is False else 0., progress=False)
-    # selection keeps the first best (step 0, the swapped but untuned model) when nothing improves
-    assert moved.best_step == 0
+                 evaluate=lambda m: 1.0, progress=False)
+    # the untuned model (step 0) is evaluated but never selected, even when nothing scores better
+    assert moved.best_step == 3 and moved.evals.step.tolist() == [0, 3]
     c = denoiser_state(moved.model)
-    assert all(torch.equal(a[k], c[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
 def test_selection_returns_the_best_evaluated_weights(tmp_path):
@@ -46,7 +46,7 @@ def test_selection_returns_the_best_evaluated_weights(tmp_path):
     calls = []
     def evaluate(m):                                                          # best at the second evaluation
         calls.append({k: v.clone() for k, v in m.state_dict().items()})
-        return [0.1, 0.9, 0.5, 0.2][len(calls) - 1]
+        return [0.95, 0.9, 0.5, 0.2][len(calls) - 1]                         # step 0 scores best but is not eligible
     r = tune(from_scratch(TrainConfig(**SMALL), (4, 8, 8), 2), lat, y, TuneConfig(steps=6, lr=1e-2, eval_every=2, ema_decay=0.5),
              tmp_path/'s', evaluate=evaluate, progress=False)
     assert r.best_step == 2 and r.evals.step.tolist() == [0, 2, 4, 6]
