@@ -145,7 +145,8 @@ def test_classify_and_its_benchmark_run_end_to_end(tmp_path):
     r = _cli('run', '--out', out, '--quiet', '--only', 'classify', 'bench_classify', '-p', SMALL, '-p', 'image_size=32',
              '-p', 'pretrain_steps=2', '-p', 'tune_steps=2', '-p', 'tune_eval_every=1', '-p', 'dc_n_t=3',
              '-p', 'baseline_epochs=1', '-p', 'dino_steps=1', '-p', 'n_boot=50', '-p', 'bank_n_t=2',
-             '-p', 'naive_images=1', '-p', 'batched_images=2', '-p', 'repeats=1', '-p', 'model=DiT-T/4')
+             '-p', 'naive_images=1', '-p', 'batched_images=2', '-p', 'repeats=1', '-p', 'model=DiT-T/4',
+             '-p', f'tuned_run={out}', '-p', 'adaptive_bank_n_t=4', '-p', 'adaptive_bank_n_eps=1', '-p', 'adaptive_zs=[2.0]')
     assert r.returncode == 0, r.stderr[-3000:]
     for f in ['tables/table4_raw.csv', 'tables/table4_calibrated.csv', 'tables/table4_paper.csv', 'tables/classification_all.csv',
               'tables/adaptive_vs_exhaustive.csv', 'figures/fig9_zt_and_z0_pred.png', 'figures/accuracy_vs_t.png',
@@ -161,4 +162,8 @@ def test_classify_and_its_benchmark_run_end_to_end(tmp_path):
     assert c['adaptive']['max_relative_deviation_from_exhaustive'] < 1e-4
     t4 = pd.read_csv(out/'tables'/'table4_raw.csv')
     assert t4.accuracy.str.match(r'^1?\.\d{3} \[').all()                    # value [low, high]
-    assert m['92_bench_classify']['max_relative_difference'] < 1e-3
+    b = m['92_bench_classify']
+    assert b['max_relative_difference'] < 1e-3 and b['speedup_batched_same_images'] > 0
+    rows = {(r['classifier'], r['rule']): r for r in b['adaptive']['rows']}
+    assert rows[('exhaustive', 'raw')]['evaluations_per_image'] == 2 * 4
+    assert rows[('adaptive', 'raw')]['evaluations_per_image'] <= 2 * 4

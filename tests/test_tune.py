@@ -25,6 +25,12 @@ def test_swap_keeps_every_denoiser_tensor(cond):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert tuned.cond == 'class' and not hasattr(tuned, 'r_embedder') and tuned.y_embedder.embedding_table.num_embeddings == 3
     assert pre.cond == cond                                                   # the pre-trained model is not modified
+    z, t = torch.randn(4, 4, 8, 8), torch.tensor([0, 10, 500, 999])
+    with torch.no_grad():                                                     # zero label init: all classes alike
+        outs = [tuned(z, t, torch.full((4,), c)) for c in range(3)]
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    assert (from_pretrained(pre, 3, label_init='normal').y_embedder.embedding_table.weight != 0).any()
+    with pytest.raises(ValueError, match='label_init'): from_pretrained(pre, 3, label_init='ones')
 
 
 def test_tuning_starts_from_the_pretrained_weights(tmp_path):
