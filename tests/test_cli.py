@@ -158,7 +158,7 @@ def test_classify_and_its_benchmark_run_end_to_end(tmp_path):
     assert c['test_images'] == 20 and len(c['table4_raw']) == 5
     for row in c['table4_raw'].values():
         assert 0 <= row['accuracy'] <= 1 and 0 <= row['auroc'] <= 1
-    assert c['adaptive']['evaluations_adaptive'] <= c['adaptive']['evaluations_exhaustive'] == 2 * 3
+    assert c['adaptive']['evaluations_adaptive'] <= c['adaptive']['evaluations_exhaustive'] == 2 * 3 * 2   # classes x n_t x n_eps
     assert c['adaptive']['max_relative_deviation_from_exhaustive'] < 1e-4
     t4 = pd.read_csv(out/'tables'/'table4_raw.csv')
     assert t4.accuracy.str.match(r'^1?\.\d{3} \[').all()                    # value [low, high]
