@@ -24,7 +24,7 @@ PRESETS = {
                   audit_r_widths=[4, 64], audit_images=256,
                   # 02_classify: short tuning, a 16-entry noise bank, CPU-sized baselines (ResNet-18, ViT-Ti) and DINOv2
                   seeds=[0], tune_steps=200, tune_batch_size=16, tune_lr=1e-4, tune_ema_decay=0.99, tune_eval_every=100,
-                  tune_balance='sampler', tune_valid_n_t=4, dc_n_t=8, dc_n_eps=2, dc_batch_size=1024, adaptive_z=2.0,
+                  tune_balance='sampler', tune_valid_n_t=4, dc_n_t=8, dc_n_eps=2, dc_batch_size=64, adaptive_z=2.0,
                   adaptive_min_samples=2, adaptive_chunk=1, cnn='resnet18', vit='vit_tiny', baseline_epochs=6,
                   baseline_batch_size=32, baseline_lr=1e-3, dino_arch='vit_tiny', dino_steps=20, dino_batch_size=16,
                   dino_local_crops=2, n_boot=2000),

@@ -164,6 +164,9 @@ def test_classify_and_its_benchmark_run_end_to_end(tmp_path):
     assert t4.accuracy.str.match(r'^1?\.\d{3} \[').all()                    # value [low, high]
     b = m['92_bench_classify']
     assert b['max_relative_difference'] < 1e-3 and b['speedup_batched_same_images'] > 0
+    toy = {(r['world'], r['classifier'], r['z'] if r['classifier'] == 'adaptive' else None): r for r in b['adaptive_toy']['rows']}
+    assert toy[(3, 'exhaustive', None)]['evaluations_per_image'] == 8 and 0.5 < toy[(3, 'exhaustive', None)]['accuracy'] <= 1
+    assert toy[(3, 'adaptive', 2.0)]['evaluations_per_image'] <= 8
     rows = {(r['classifier'], r['rule']): r for r in b['adaptive']['rows']}
     assert rows[('exhaustive', 'raw')]['evaluations_per_image'] == 2 * 4
     assert rows[('adaptive', 'raw')]['evaluations_per_image'] <= 2 * 4
