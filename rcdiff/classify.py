@@ -219,7 +219,6 @@ def adaptive_classify(model, z0: torch.Tensor, bank: NoiseBank, num_classes: int
     model, device = _model_fn(model), _device(model, device)
     N, C, K = len(z0), num_classes, ns[-1]
     E = np.full((N, C, len(bank)), np.nan, np.float32); Z = E.copy()
-    w = t_weights(bank.t.numpy(), weighting, diffusion)
     active = np.ones((N, C), bool)
     evaluations, calls = np.zeros(N, int), 0
     stops = sorted(set(ns) | (set(range(min_samples, K + 1, chunk)) if z is not None else set()))
@@ -238,9 +237,7 @@ def adaptive_classify(model, z0: torch.Tensor, bank: NoiseBank, num_classes: int
         np.add.at(evaluations, rows_i, 1)
         pos = stop
         err = (E if kind == 'eps' else Z)[:, :, :pos].astype(np.float64)
-        wk = w[:pos]
-        with np.errstate(invalid='ignore', divide='ignore'):
-            sc = np.nansum(err * wk, -1) / np.isfinite(err).sum(-1)
+        sc = scores(ErrorMatrix(E, Z, bank.t.numpy()), kind, weighting, n=pos, diffusion=diffusion)
         lg = np.where(active, _logits(sc, calibration), -np.inf)
         if z is not None and pos >= min_samples:                       # the sequential test
             lead = lg.argmax(1)
@@ -257,9 +254,7 @@ def adaptive_classify(model, z0: torch.Tensor, bank: NoiseBank, num_classes: int
                 order = np.argsort(-np.where(active, lg, -np.inf), 1, kind='stable')
                 ranks = np.empty_like(order); np.put_along_axis(ranks, order, np.arange(C)[None].repeat(N, 0), 1)
                 active &= ranks < keep
-    err = (E if kind == 'eps' else Z).astype(np.float64)
-    with np.errstate(invalid='ignore', divide='ignore'):
-        sc = np.nansum(err * w, -1) / np.isfinite(err).sum(-1)
+    sc = scores(ErrorMatrix(E, Z, bank.t.numpy()), kind, weighting, diffusion=diffusion)
     pred = np.where(active, _logits(sc, calibration), -np.inf).argmax(1)
     M = ErrorMatrix(E, Z, bank.t.numpy().copy(), dict(adaptive=True, schedule=stages, z=z, kind=kind, weighting=weighting))
     return dict(pred=pred, evaluations=evaluations * 1, evaluations_per_image=float(evaluations.mean()),

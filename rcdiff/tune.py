@@ -12,7 +12,7 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from .latents import LatentSet, sample_z0
+from .latents import LatentSet, sample_z0, _hash_tensors
 from .diffusion import Diffusion, loss as eps_loss, loss_per_sample
 from .dit import DiT, to_class_conditioning
 from .train import TrainConfig, build, update_ema, data_fingerprint, save_checkpoint, _atomic_write
@@ -120,8 +120,7 @@ RESULT_NAME, LOSS_NAME, EVALS_NAME, TCONFIG_NAME = 'best.pt', 'loss.csv', 'evals
 def _fingerprint(model: DiT, latents: LatentSet, y: torch.Tensor) -> str:
     "blake2b of the initial weights, the training latents and the labels."
     h = hashlib.blake2b(digest_size=16)
-    for k, v in sorted(model.state_dict().items()):
-        v = v.detach().cpu().contiguous(); h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode()); h.update(v.reshape(-1).view(torch.uint8).numpy())
+    _hash_tensors(h, sorted(model.state_dict().items()))
     h.update(data_fingerprint(latents, y).encode())
     return h.hexdigest()
 
