@@ -236,11 +236,11 @@ def adaptive_classify(model, z0: torch.Tensor, bank: NoiseBank, num_classes: int
             calls += 1
         np.add.at(evaluations, rows_i, 1)
         pos = stop
-        err = (E if kind == 'eps' else Z)[:, :, :pos].astype(np.float64)
         sc = scores(ErrorMatrix(E, Z, bank.t.numpy()), kind, weighting, n=pos, diffusion=diffusion)
         lg = np.where(active, _logits(sc, calibration), -np.inf)
         if z is not None and pos >= min_samples:                       # the sequential test
             lead = lg.argmax(1)
+            err = (E if kind == 'eps' else Z)[:, :, :pos].astype(np.float64)
             e_lead = err[np.arange(N), lead][:, None, :]
             with np.errstate(invalid='ignore', divide='ignore'):
                 rel = (err - e_lead) / (np.abs(err) + np.abs(e_lead) + 1e-30)   # paired, scale-free, in [-1, 1]
@@ -257,7 +257,7 @@ def adaptive_classify(model, z0: torch.Tensor, bank: NoiseBank, num_classes: int
     sc = scores(ErrorMatrix(E, Z, bank.t.numpy()), kind, weighting, diffusion=diffusion)
     pred = np.where(active, _logits(sc, calibration), -np.inf).argmax(1)
     M = ErrorMatrix(E, Z, bank.t.numpy().copy(), dict(adaptive=True, schedule=stages, z=z, kind=kind, weighting=weighting))
-    return dict(pred=pred, evaluations=evaluations * 1, evaluations_per_image=float(evaluations.mean()),
+    return dict(pred=pred, evaluations=evaluations, evaluations_per_image=float(evaluations.mean()),
                 forward_passes=calls, errors=M)
 
 # %% ../nbs/08_classify.ipynb #4bf343d6
