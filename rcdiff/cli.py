@@ -39,7 +39,7 @@ def check_data(
     classes: Param("the classes you expect, comma separated; anything else is an error", str)=None,
     seed: Param("seed of the patient-grouped split, when the csv has no split column", int)=0,
     downstream_facility: Param("facility used for the downstream task (the rest is pre-training)", str)=None,
-    pretrain_fraction: Param("fraction of patients for pre-training when there is neither split nor facility column (default 0.5; 0 for .npz)", float)=None,
+    pretrain_fraction: Param("share of the patients moved to the pre-training split: of all patients when the csv has neither a split nor a facility column, of the train patients of a MedMNIST .npz (default 0.5 for both; 0: none)", float)=None,
 ):
     "Check a dataset before training: counts by split, class, facility and patient; one line per problem."
     from rcdiff.data import check_data as _check
@@ -60,7 +60,7 @@ def run(
     data: Param("labels.csv or .npz of your own data (default: the embedded phantom)", str)=None,
     out: Param("run folder to create (default: reports/<preset>-<time>); never overwritten", str)=None,
     only: Param("run only these experiments (e.g. 00_data or data)", str, nargs='+')=None,
-    p: Param("override a parameter, e.g. -p seed=1 (repeatable)", str, action='append')=None,
+    p: Param("override a parameter, e.g. -p seed=1 or -p pretrain_fraction=0.5 (repeatable)", str, action='append')=None,
     classes: Param("the classes you expect in --data, comma separated", str)=None,
     quiet: Param("no progress bars", bool)=False,
 ):
@@ -82,13 +82,17 @@ def _usage():
     return '\n'.join(lines)
 
 def _parser(f, prog):
-    "fastcore's `anno_parser`, with one-letter options spelt the usual way (`-p`, not `--p`)."
+    "fastcore's `anno_parser`, with one-letter options spelt the usual way (`-p`, not `--p`) and `--a-b` as well as `--a_b`."
     parser = anno_parser(f, prog=prog)
     for action in parser._actions:
         if len(action.option_strings) == 1 and len(action.option_strings[0]) == 3:  # '--p'
             long = action.option_strings[0]
             action.option_strings = [long[1:]]
             parser._option_string_actions[long[1:]] = parser._option_string_actions.pop(long)
+        for opt in list(action.option_strings):
+            if opt.startswith('--') and '_' in opt:                                   # '--pretrain_fraction'
+                dash = opt.replace('_', '-')
+                action.option_strings.append(dash); parser._option_string_actions[dash] = action
     return parser
 
 def main(argv=None) -> int:

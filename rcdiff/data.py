@@ -16,8 +16,9 @@ from PIL import Image, ImageFile
 from .phantom import WINDOWS, apply_window
 
 # %% auto #0
-__all__ = ['SPLITS', 'DOWNSTREAM', 'NPZ_SPLITS', 'LOADER_VERSION', 'DataError', 'load_table', 'channels', 'load_image',
-           'cache_dir', 'load_images', 'make_splits', 'CheckReport', 'check_data', 'PretrainLabelsError', 'Dataset']
+__all__ = ['SPLITS', 'DOWNSTREAM', 'NPZ_SPLITS', 'LOADER_VERSION', 'NPZ_PRETRAIN_FRACTION', 'DataError', 'load_table', 'channels',
+           'load_image', 'cache_dir', 'load_images', 'make_splits', 'CheckReport', 'check_data', 'PretrainLabelsError',
+           'Dataset', 'reads_negative', 'choose_positive']
 
 # %% ../nbs/01_data.ipynb #b3402c8d
 SPLITS = ('pretrain', 'train', 'valid', 'test')
@@ -398,6 +399,8 @@ def _rows(rows) -> str:
     return f"{'row' if one else 'rows'} {_join(shown)}{more} (csv {'line' if one else 'lines'} {_join(r + 1 for r in shown)}{more})"
 
 # %% ../nbs/01_data.ipynb #d94fac08
+NPZ_PRETRAIN_FRACTION = 0.5  # share of an npz's train patients moved to pretrain when pretrain_fraction is None
+
 def make_splits(df, seed=0, downstream_facility=None, pretrain_fraction=None, valid_fraction=0.1, test_fraction=0.1) -> pd.DataFrame:
     "Add (or validate) the `split` column: patient-grouped, label-stratified, deterministic for `seed` (rules above)."
     if not (0 <= valid_fraction < 1 and 0 <= test_fraction < 1 and valid_fraction + test_fraction < 1):
@@ -420,13 +423,19 @@ def make_splits(df, seed=0, downstream_facility=None, pretrain_fraction=None, va
                 probs.append(f"{_where(out, m)}: {what} (allowed: {', '.join(SPLITS)})")
             raise DataError(probs)
         out['split'] = s
-        rule = "from the npz keys" if out.attrs.get('kind') == 'npz' else "from the 'split' column"
-        p = pretrain_fraction or 0
-        if out.attrs.get('kind') == 'npz' and p > 0:
+        npz = out.attrs.get('kind') == 'npz'
+        rule, source = ("from the npz keys", 'npz') if npz else ("from the 'split' column", 'column')
+        if npz:
+            p = NPZ_PRETRAIN_FRACTION if pretrain_fraction is None else pretrain_fraction
             tr = out['split'] == 'train'
-            moved = _deal(_patient_labels(out[tr], pid[tr]), (p, 1 - p), seed)
-            out.loc[tr & pid.map(lambda q: moved.get(q) == 0), 'split'] = 'pretrain'
-            rule += f"; {p:g} of the train images moved to pretrain (seed {seed})"
+            if p > 0:
+                moved = _deal(_patient_labels(out[tr], pid[tr]), (p, 1 - p), seed)
+                out.loc[tr & pid.map(lambda q: moved.get(q) == 0), 'split'] = 'pretrain'
+                how = 'the default NPZ_PRETRAIN_FRACTION' if pretrain_fraction is None else 'pretrain_fraction'
+                rule += (f"; pretrain_fraction={p:g} ({how}): {int((out['split'] == 'pretrain').sum())} of the {int(tr.sum())} "
+                         f"train patients moved to pretrain (stratified, seed {seed})")
+            else: rule += "; pretrain_fraction=0: no pre-training split (every train image stays in train)"
+        elif pretrain_fraction is not None: rule += f"; pretrain_fraction={pretrain_fraction:g} not used (the column names the splits)"
     elif 'facility' in out and out['facility'].notna().any():
         fac = out['facility'].astype(object)
         if fac.isna().any(): raise DataError(f"{_where(out, fac.isna())}: empty facility (fill it in, or drop the 'facility' column)")
@@ -441,12 +450,15 @@ def make_splits(df, seed=0, downstream_facility=None, pretrain_fraction=None, va
         others = [f for f in facs if f != d]
         rule = (f"facility {d} is downstream (its patients split train/valid/test {_pct(down_fr)}, seed {seed}); "
                 f"{'facilities' if len(others) != 1 else 'facility'} {_join(others) if others else '(none)'} → pretrain (labels not read)")
+        if pretrain_fraction is not None: rule += f"; pretrain_fraction={pretrain_fraction:g} not used (the facilities name the splits)"
+        source = 'facility'
     else:
         p = 0.5 if pretrain_fraction is None else pretrain_fraction
         got = _deal(_patient_labels(out, pid), (p,) + tuple((1 - p) * x for x in down_fr), seed)
         out['split'] = pid.map(lambda q: SPLITS[got[q]])
         rule = f"{p:g} of the patients → pretrain, the rest train/valid/test {_pct(down_fr)} (by patient, stratified, seed {seed})"
-    out.attrs['split_rule'] = rule
+        source = 'fraction'
+    out.attrs.update(split_rule=rule, split_source=source)
     return out
 
 def _norm_split(s: pd.Series) -> pd.Series:
@@ -637,3 +649,43 @@ class Dataset:
     def __repr__(self):
         n = self.table['split'].value_counts()
         return f"Dataset({self.name!r}, classes={self.classes}, " + ', '.join(f"{s}={n.get(s, 0)}" for s in SPLITS) + ')'
+
+# %% ../nbs/01_data.ipynb #poscode1
+_NEGATIVE_NAMES = ('normal', 'negative', 'healthy', 'benign', 'none', 'no')
+
+def reads_negative(name) -> bool:
+    "Whether a class name reads as the absence of disease (`normal`, `no_bleed`, `Normal/Benign`, …)."
+    parts = [q for q in re.split(r'\s*(?:[/+,&|;]|\band\b|\bor\b)\s*', str(name).strip().lower()) if q]
+    return bool(parts) and all(q in _NEGATIVE_NAMES or re.match(r'no[ _-]+\S', q) is not None for q in parts)
+
+def choose_positive(classes, train_labels=None, positive=None) -> tuple[int, str]:
+    "Index of the positive class of a binary task and a one-sentence reason: asked for, else not the negative-named class, else the train minority."
+    classes = list(classes)
+    if len(classes) != 2:
+        raise ValueError(f"a binary task needs exactly two classes, got {len(classes)} ({', '.join(map(str, classes)) or 'none'}); "
+                         "the classification experiment is binary for now")
+    names = [str(c) for c in classes]
+    if positive is not None and str(positive).strip() != '':
+        if str(positive).strip() not in names:
+            raise ValueError(f"positive class {str(positive)!r} is not one of the classes ({', '.join(names)})")
+        i = names.index(str(positive).strip())
+        return i, f"class '{names[i]}' is positive because it was asked for (positive={names[i]})."
+    neg = [reads_negative(n) for n in names]
+    if sum(neg) == 1:
+        i = neg.index(False)
+        return i, f"class '{names[i]}' is positive because '{names[1 - i]}' reads as the absence of disease."
+    if train_labels is None:
+        raise ValueError(f"cannot choose the positive class of {names}: no class name reads as the absence of disease; "
+                         "pass train_labels (class indices of the train split) to take the minority class, or name it with positive")
+    y = np.asarray(train_labels).reshape(-1)
+    if len(y) == 0: raise ValueError("train_labels is empty: the train split has no images to count")
+    if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() > 1:
+        raise ValueError(f"train_labels must be class indices 0 or 1 (into {names}), got values {sorted(set(y.tolist()))[:5]}")
+    n = np.bincount(y, minlength=2)
+    both = 'both class names read' if all(neg) else 'neither class name reads'
+    if n[0] == n[1]:
+        return 1, (f"class '{names[1]}' is positive because {both} as the absence of disease and the train split has as many "
+                   f"images of each class ({n[0]} each), so the second class is taken.")
+    i = int(np.argmin(n))
+    return i, (f"class '{names[i]}' is positive because {both} as the absence of disease and it is the minority class "
+               f"of the train split ({n[i]} of {n.sum()} images).")

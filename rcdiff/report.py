@@ -4,20 +4,21 @@
 
 # %% ../nbs/90_report.ipynb #71b32bd8
 from __future__ import annotations
-import datetime, hashlib, json, os, platform, re, shutil, subprocess, sys, time
+import datetime, hashlib, json, numbers, os, platform, re, shutil, subprocess, sys, time
 from importlib import metadata
 from pathlib import Path
 
 import yaml
 
 # %% auto #0
-__all__ = ['PRESETS', 'RUNNER_KEYS', 'EXPERIMENTS', 'RunError', 'repo_root', 'experiment_notebooks', 'select_experiments',
-           'notebook_parameters', 'parse_overrides', 'resolve_parameters', 'environment', 'to_markdown', 'RunDir',
+__all__ = ['PRESETS', 'RUNNER_KEYS', 'EXPERIMENTS', 'EXPERIMENT_SPLITS', 'RunError', 'repo_root', 'experiment_notebooks',
+           'select_experiments', 'needed_splits', 'split_problems', 'notebook_parameters', 'parse_overrides',
+           'resolve_parameters', 'fit_image_size', 'environment', 'to_markdown', 'RunDir', 'phantom_cache_folder',
            'default_data', 'run_experiments']
 
 # %% ../nbs/90_report.ipynb #fe297583
 PRESETS = {
-    'tiny':  dict(phantom='tiny',  phantom_seed=0, phantom_overrides={}, seed=0, image_size=64,
+    'tiny':  dict(phantom='tiny',  phantom_seed=0, phantom_overrides={}, seed=0, image_size=64, pretrain_fraction=None,
                   # 01_pretrain: latents 4x16x16 (PCA p=4), a CPU-sized DiT
                   tokenizer='pca', pca_patch=4, pca_components=4, pretrain_model='DiT-T/2', pretrain_steps=300,
                   pretrain_batch_size=16, pretrain_lr=1e-4, pretrain_ema_decay=0.999, encoder_size='tiny', r_dim=64,
@@ -28,7 +29,7 @@ PRESETS = {
                   adaptive_min_samples=2, adaptive_chunk=1, cnn='resnet18', vit='vit_tiny', baseline_epochs=6,
                   baseline_batch_size=32, baseline_lr=1e-3, dino_arch='vit_tiny', dino_steps=20, dino_batch_size=16,
                   dino_local_crops=2, n_boot=2000),
-    'paper': dict(phantom='paper', phantom_seed=0, phantom_overrides={}, seed=0, image_size=256,
+    'paper': dict(phantom='paper', phantom_seed=0, phantom_overrides={}, seed=0, image_size=256, pretrain_fraction=None,
                   # 01_pretrain: Table 2 of the RC-LDT paper (DiT-B/2, batch 16, lr 1e-4, 4x32x32 latents: give the
                   # SD-VAE folder with -p tokenizer=PATH; the PCA default has the same latent shape). Steps, EMA and
                   # the encoder size are not in the paper: our choices.
@@ -79,6 +80,43 @@ def select_experiments(only=None) -> dict[str, Path]:
         else: chosen[key] = nbs[key]
     if bad: raise RunError(bad)
     return dict(sorted(chosen.items()))
+
+# %% ../nbs/90_report.ipynb #splitscd
+EXPERIMENT_SPLITS = {
+    '00_data': (),                                    # shows whatever the data holds
+    '01_pretrain': ('pretrain', 'train'),             # pre-training images; train images held out for the audit
+    '02_classify': ('pretrain', 'train', 'valid', 'test'),  # the tokenizer is fitted on pretrain; tuning, selection, test
+    '90_phantom_difficulty': ('train', 'valid', 'test'),
+    '91_bench_dit': (),                               # random latents
+    '92_bench_classify': lambda p: ('pretrain', 'valid', 'test') if p.get('tuned_run') else (),  # only its tuned-model part
+}
+_SPLIT_WHAT = {'pretrain': 'pre-training images', 'train': 'labelled train images', 'valid': 'validation images',
+               'test': 'test images'}
+
+def needed_splits(name, params=None) -> tuple:
+    "The splits experiment `name` reads with parameters `params` (none for an experiment not in `EXPERIMENT_SPLITS`)."
+    need = EXPERIMENT_SPLITS.get(name, ())
+    return tuple(need(params or {}) if callable(need) else need)
+
+def _split_fix(split, source) -> str:
+    "What fills an empty `split`, given how the splits were made (`split_source` of `rcdiff.data.make_splits`)."
+    if split == 'pretrain':
+        if source == 'npz': return "pass -p pretrain_fraction=0.5 to move half of the train patients there"
+        if source == 'fraction': return "pass -p pretrain_fraction=0.5 to set half of the patients aside for it"
+        if source == 'facility': return "add images of other facilities than the downstream one (they become pre-training data)"
+        return "give some rows split=pretrain in the csv's 'split' column (pretrain_fraction does not apply when the csv names the splits)"
+    return f"give the data '{split}' rows (a 'split' column) or more patients"
+
+def split_problems(table, params: dict) -> list:
+    "One line per empty split that a selected experiment reads; `params` maps experiment names to their parameters."
+    n = table['split'].value_counts() if 'split' in table else {}
+    who = {}
+    for name, p in params.items():
+        for s in needed_splits(name, p):
+            if n.get(s, 0) == 0: who.setdefault(s, []).append(name)
+    src = table.attrs.get('split_source', '')
+    return [f"split '{s}' is empty, but {' and '.join(names)} need{'s' if len(names) == 1 else ''} {_SPLIT_WHAT[s]}: "
+            f"{_split_fix(s, src)}" for s in ('pretrain', 'train', 'valid', 'test') if s in who for names in [who[s]]]
 
 # %% ../nbs/90_report.ipynb #95e2f101
 def notebook_parameters(path) -> dict:
@@ -133,6 +171,39 @@ def resolve_parameters(notebooks: dict, preset='tiny', overrides=None, data='', 
         if k in overrides: raise RunError(f"set {k!r} with the --{k.replace('_dir', '')} option, not with -p")
     values = {**PRESETS[preset], **overrides, 'preset': preset, 'data': str(data), 'out_dir': str(out_dir)}
     return {name: {k: v for k, v in values.items() if k in names} for name, names in declared.items()}
+
+# %% ../nbs/90_report.ipynb #fitszcd
+def _downsampling(tokenizer, pca_patch) -> tuple:
+    "Image pixels per latent pixel of `tokenizer` (as the experiments name it), and how to say it."
+    from rcdiff.latents import PCATokenizer, TokenizerError, _parse_pca, _vae_folder
+    t = str(tokenizer).strip()
+    path = Path(t).expanduser()
+    try:
+        if t and path.is_dir():
+            f = 2 ** (len(json.loads((_vae_folder(path)/'config.json').read_text()).get('block_out_channels', [64])) - 1)
+            return f, f"the VAE downsamples {f}×"
+        if t and path.is_file(): f = PCATokenizer.load(path).p
+        elif t == 'pca': f = pca_patch
+        elif t.startswith('pca'): f = _parse_pca(t)['p']
+        else: raise ValueError(f"unknown tokenizer {tokenizer!r}: 'pca', a saved PCA tokenizer file or an AutoencoderKL folder")
+    except TokenizerError as e: raise ValueError(str(e)) from None
+    if isinstance(f, bool) or not isinstance(f, numbers.Integral) or f < 1:
+        raise ValueError(f"pca_patch must be a positive integer, got {f!r}")
+    return int(f), f"{f}-px PCA patches"
+
+def fit_image_size(image_size, tokenizer='pca', pca_patch=4, model='DiT-T/2') -> tuple:
+    "`image_size` rounded up to a multiple of (tokenizer downsampling × DiT patch), and a note saying why (empty if unchanged)."
+    from rcdiff.dit import DiT_models
+    if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral) or image_size < 1:
+        raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+    if model not in DiT_models: raise ValueError(f"unknown DiT model {model!r} (known: {', '.join(DiT_models)})")
+    patch = int(model.split('/')[1])
+    f, what = _downsampling(tokenizer, pca_patch)
+    m = f * patch
+    size = -(-int(image_size) // m) * m
+    note = '' if size == image_size else (f"image_size {image_size} → {size}: latents must tile into {patch}-px DiT patches "
+                                          f"({what}), so the side is rounded up to a multiple of {m}")
+    return size, note
 
 # %% ../nbs/90_report.ipynb #4486775c
 def _git(*args):
@@ -227,17 +298,22 @@ def _jsonable(v):
     return v
 
 # %% ../nbs/90_report.ipynb #457cde02
-def default_data(phantom='tiny', phantom_seed=0, phantom_overrides=None, progress=False) -> Path:
-    "Path to the labels.csv of the phantom dataset, generating it into the cache on first use."
-    from rcdiff.phantom import make_phantom, PRESETS as PHANTOM_PRESETS
+def phantom_cache_folder(phantom='tiny', phantom_seed=0, phantom_overrides=None) -> Path:
+    "The cache folder of one phantom: keyed by preset, seed, overrides, package version and `PHANTOM_FORMAT`."
+    from rcdiff.phantom import PHANTOM_FORMAT, PRESETS as PHANTOM_PRESETS
     from rcdiff.data import cache_dir
     from rcdiff import __version__
     if phantom not in PHANTOM_PRESETS:
         raise RunError(f"unknown phantom preset {phantom!r} (known: {', '.join(PHANTOM_PRESETS)})")
+    key = hashlib.sha1(json.dumps([phantom, phantom_seed, dict(phantom_overrides or {}), __version__, PHANTOM_FORMAT],
+                                  sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return cache_dir()/'phantom'/f'{phantom}-seed{phantom_seed}-{key}'
+
+def default_data(phantom='tiny', phantom_seed=0, phantom_overrides=None, progress=False) -> Path:
+    "Path to the labels.csv of the phantom dataset, generating it into the cache on first use."
+    from rcdiff.phantom import make_phantom
     overrides = dict(phantom_overrides or {})
-    key = hashlib.sha1(json.dumps([phantom, phantom_seed, overrides, __version__], sort_keys=True,
-                                  default=str).encode()).hexdigest()[:10]
-    folder = cache_dir()/'phantom'/f'{phantom}-seed{phantom_seed}-{key}'
+    folder = phantom_cache_folder(phantom, phantom_seed, overrides)
     csv = folder/'labels.csv'
     if not csv.exists():
         if folder.exists(): shutil.rmtree(folder)  # a cache entry without its csv is incomplete
@@ -250,6 +326,30 @@ def _default_out(preset):
     stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
     return repo_root()/'reports'/f'{preset}-{stamp}'
 
+def _fit_sizes(resolved, values, log):
+    "Round `image_size` in place (`fit_image_size`) for every experiment that makes latents; log each note once."
+    notes, bad = [], []
+    for name, p in resolved.items():
+        if 'image_size' not in p or 'tokenizer' not in p: continue
+        try: size, note = fit_image_size(p['image_size'], p['tokenizer'], p.get('pca_patch', values.get('pca_patch', 4)),
+                                         p.get('pretrain_model', values.get('pretrain_model', 'DiT-T/2')))
+        except ValueError as e:
+            if f"{e}" not in bad: bad.append(f"{e}")
+            continue
+        p['image_size'] = size
+        if note and note not in notes: notes.append(note); log(note)
+    if bad: raise RunError(bad)
+
+def _positive(report, params) -> dict:
+    "02_classify's positive class from the checked data's train labels and its `positive` parameter."
+    from rcdiff.data import choose_positive
+    idx = {str(c): i for i, c in enumerate(report.classes)}
+    t = report.table
+    y = [idx[str(v)] for v in t.loc[t['split'] == 'train', 'label'] if str(v) in idx]
+    try: i, why = choose_positive(report.classes, y, params.get('positive'))
+    except ValueError as e: raise RunError(f"02_classify: {e}") from None
+    return {'class': report.classes[i], 'index': i, 'reason': why}
+
 def run_experiments(preset='tiny', data=None, out=None, only=None, params=None, classes=None,
                     progress=True, log=print) -> Path:
     "Execute the experiment notebooks with papermill into a new run folder; return its path."
@@ -261,6 +361,11 @@ def run_experiments(preset='tiny', data=None, out=None, only=None, params=None, 
     out = Path(out) if out else _default_out(preset)
     if out.exists(): raise RunError(f"run folder {out} already exists: refusing to overwrite it; choose another --out")
     resolved = resolve_parameters(notebooks, preset, overrides, data or '', out.resolve())
+    values = {**PRESETS[preset], **overrides}
+    _fit_sizes(resolved, values, log)
+    pf = values.get('pretrain_fraction')
+    if pf is not None and (isinstance(pf, bool) or not isinstance(pf, numbers.Real) or not 0 <= pf < 1):
+        raise RunError(f"pretrain_fraction must be a number in [0, 1), or null for the default, got {pf!r}")
     runner = {k: overrides.get(k, PRESETS[preset][k]) for k in RUNNER_KEYS}
     if data:
         data = Path(data).resolve()
@@ -268,16 +373,22 @@ def run_experiments(preset='tiny', data=None, out=None, only=None, params=None, 
     else:
         log(f"embedded default data: phantom preset {runner['phantom']!r} (generated once, then cached)")
         data = default_data(**runner, progress=progress)
-    report = check_data(data, classes=classes)
+    report = check_data(data, classes=classes, pretrain_fraction=pf)
     if not report.ok:
         raise RunError([f"data problem: {p}" for p in report.problems])
+    log(f"splits: {report.table.attrs.get('split_rule', '?')}")
+    empty = split_problems(report.table, resolved)
+    if empty: raise RunError(empty)
+    positive = _positive(report, resolved['02_classify']) if '02_classify' in resolved else None
+    if positive: log(f"positive class of 02_classify: {positive['reason']}")
     for p in resolved.values():
         if 'data' in p: p['data'] = str(data)
         if 'classes' in p and classes: p['classes'] = ','.join(map(str, classes))
     out.mkdir(parents=True)
     (out/'notebooks').mkdir()
-    (out/'params.yaml').write_text(yaml.safe_dump(dict(preset=preset, data=str(data), runner=runner,
-        overrides=overrides, notebooks=resolved, command=' '.join(sys.argv)), sort_keys=False))
+    (out/'params.yaml').write_text(yaml.safe_dump(dict(preset=preset, data=str(data), splits=report.table.attrs.get('split_rule'),
+        **({'positive': positive} if positive else {}), runner=runner, overrides=overrides, notebooks=resolved,
+        command=' '.join(sys.argv)), sort_keys=False))
     env = environment(); env.update(started=datetime.datetime.now().isoformat(timespec='seconds'), seed=overrides.get('seed', PRESETS[preset]['seed']))
     _atomic_write(out/'env.json', json.dumps(env, indent=2))
     timings = {}

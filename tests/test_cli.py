@@ -65,10 +65,16 @@ def test_run_checks_data_before_any_notebook(png_dataset, tmp_path):
 
 def test_failing_notebook_is_named_with_its_cell(png_dataset, tmp_path):
     out = tmp_path/'r'
-    r = _cli('run', '--data', png_dataset, '--out', out, '--quiet', '-p', 'image_size=-3')
+    r = _cli('run', '--data', png_dataset, '--out', out, '--quiet', '--only', 'data', '-p', 'image_size=-3')
     assert r.returncode == 1
     assert 'notebook 00_data failed at cell' in r.stderr, r.stderr[-2000:]
     assert (out/'FAILED.txt').exists() and (out/'notebooks'/'00_data.ipynb').exists()
+
+
+def test_bad_image_size_for_latents_is_refused_before_any_notebook(png_dataset, tmp_path):
+    out = tmp_path/'r'
+    r = _cli('run', '--data', png_dataset, '--out', out, '--quiet', '-p', 'image_size=-3')
+    assert r.returncode == 1 and r.stderr.strip() == 'error: image_size must be a positive integer, got -3' and not out.exists()
 
 
 def test_check_data_command(png_dataset):
@@ -80,6 +86,48 @@ def test_check_data_command(png_dataset):
     r = _cli('check-data', png_dataset, '--classes', '0,1')
     assert r.returncode == 1 and 'duplicate' in r.stderr.lower()
     assert _cli('check-data', png_dataset.parent/'nothere.csv').returncode == 1
+
+
+def _npz(path, n=(24, 6, 6)):
+    "A small MedMNIST-like npz (train/val/test, no pre-training split): 1 is the minority class."
+    import numpy as np
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for key, k in zip(('train', 'val', 'test'), n):
+        arrays[f'{key}_images'] = rng.integers(0, 255, (k, 28, 28), dtype=np.uint8)
+        arrays[f'{key}_labels'] = (np.arange(k) % 3 == 0).astype(int).reshape(k, 1)
+    np.savez(path, **arrays)
+    return path
+
+
+def test_check_data_npz_shows_the_pretrain_split(tmp_path):
+    npz = _npz(tmp_path/'m.npz')
+    r = _cli('check-data', npz)
+    assert r.returncode == 0, r.stderr
+    assert 'pretrain_fraction=0.5 (the default NPZ_PRETRAIN_FRACTION): 12 of the 24 train patients moved to pretrain' in r.stdout
+    assert any(line.split()[:2] == ['pretrain', '12'] for line in r.stdout.splitlines())
+    r = _cli('check-data', npz, '--pretrain-fraction', '0')
+    assert r.returncode == 0 and 'no pre-training split' in r.stdout
+
+
+def test_run_refuses_an_empty_pretrain_split_before_any_notebook(tmp_path):
+    npz, out = _npz(tmp_path/'m.npz'), tmp_path/'r'
+    r = _cli('run', '--data', npz, '--out', out, '--quiet', '--only', 'pretrain', '-p', 'pretrain_fraction=0', '-p', 'image_size=28')
+    assert r.returncode == 1 and not out.exists()
+    assert r.stderr.strip() == ("error: split 'pretrain' is empty, but 01_pretrain needs pre-training images: "
+                                "pass -p pretrain_fraction=0.5 to move half of the train patients there")
+    assert 'image_size 28 → 32' in r.stdout and 'no pre-training split' in r.stdout
+
+
+def test_run_on_an_npz_prints_the_pretrain_split(tmp_path):
+    npz, out = _npz(tmp_path/'m.npz'), tmp_path/'r'
+    r = _cli('run', '--data', npz, '--out', out, '--quiet', '--only', 'data', '-p', 'image_size=28', '-p', 'samples_per_cell=1')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'splits: from the npz keys; pretrain_fraction=0.5 (the default NPZ_PRETRAIN_FRACTION)' in r.stdout
+    m = json.loads((out/'metrics.json').read_text())['00_data']
+    assert m['split_sizes'] == {'pretrain': 12, 'train': 12, 'valid': 6, 'test': 6}
+    nb = (out/'notebooks'/'00_data.ipynb').read_text()
+    assert 'pretrain_fraction=0.5' in nb and "class '1' is positive" in nb   # the split rule and the positive class, printed
 
 
 SMALL = 'phantom_overrides={size: 32, render: 48, pretrain: 66, train: 40, valid: 20, test: 20}'
@@ -119,7 +167,7 @@ def test_phantom_command_writes_once(tmp_path):
 def test_pretrain_and_benchmark_experiments_run_end_to_end(tmp_path):
     "01_pretrain (three LDTs, Fig. 8, leakage audit) and 91_bench_dit on a very small phantom, a few steps each."
     out = tmp_path/'pre'
-    r = _cli('run', '--out', out, '--quiet', '--only', 'pretrain', 'bench_dit', '-p', SMALL, '-p', 'image_size=32',
+    r = _cli('run', '--out', out, '--quiet', '--only', 'pretrain', 'bench_dit', '-p', SMALL, '-p', 'image_size=28',
              '-p', 'pretrain_steps=4', '-p', 'audit_images=16', '-p', 'audit_r_widths=[4, 64]',
              '-p', 'steps=1', '-p', 'repeats=1', '-p', 'warmup=1')
     assert r.returncode == 0, r.stderr[-3000:]
@@ -131,7 +179,10 @@ def test_pretrain_and_benchmark_experiments_run_end_to_end(tmp_path):
     pre = m['01_pretrain']
     assert set(pre['min_loss']) == {'unconditional', 'class-conditioned', 'representation-conditioned'}
     assert all(0 < v < 10 for v in pre['min_loss'].values())
-    assert pre['latent_shape'] == [4, 8, 8]
+    assert pre['latent_shape'] == [4, 8, 8]                                 # 28 px rounded up to 32: 8x8 latents tile
+    import yaml
+    assert yaml.safe_load((out/'params.yaml').read_text())['notebooks']['01_pretrain']['image_size'] == 32
+    assert 'image_size 28 → 32' in r.stdout
     width = pd.read_csv(out/'tables'/'audit_loss_vs_r_width.csv')
     assert len(width) == 3  # the unconditional reference + two widths
     logs = {c: pd.read_csv(out/'checkpoints'/c/'loss.csv') for c in ['none', 'class', 'representation']}
@@ -156,6 +207,10 @@ def test_classify_and_its_benchmark_run_end_to_end(tmp_path):
     m = json.loads((out/'metrics.json').read_text())
     c = m['02_classify']
     assert c['test_images'] == 20 and len(c['table4_raw']) == 5
+    import yaml
+    params = yaml.safe_load((out/'params.yaml').read_text())
+    assert params['positive']['class'] == 'hematoma' and "'normal' reads as the absence of disease" in params['positive']['reason']
+    assert "class 'hematoma' is positive" in (out/'notebooks'/'02_classify.ipynb').read_text()
     for row in c['table4_raw'].values():
         assert 0 <= row['accuracy'] <= 1 and 0 <= row['auroc'] <= 1
     assert c['adaptive']['evaluations_adaptive'] <= c['adaptive']['evaluations_exhaustive'] == 2 * 3 * 2   # classes x n_t x n_eps

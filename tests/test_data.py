@@ -12,8 +12,8 @@ from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut
 
 import rcdiff.data as D
-from rcdiff.data import (DataError, Dataset, PretrainLabelsError, cache_dir, check_data, load_image, load_images,
-                         load_table, make_splits)
+from rcdiff.data import (NPZ_PRETRAIN_FRACTION, DataError, Dataset, PretrainLabelsError, cache_dir, check_data,
+                         choose_positive, load_image, load_images, load_table, make_splits, reads_negative)
 from rcdiff.phantom import WINDOWS, apply_window
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -310,8 +310,9 @@ def test_breastmnist_npz():
     t = load_table(BREAST)
     assert t.split.value_counts().to_dict() == {'train': 546, 'test': 156, 'valid': 78}
     assert t.path.iloc[12].endswith('breastmnist.npz::train_images/12')
-    ds = Dataset.open(BREAST)
+    ds = Dataset.open(BREAST, pretrain_fraction=0)
     assert ds.classes == [0, 1] and len(ds.rows('pretrain')) == 0
+    assert 'pretrain_fraction=0: no pre-training split' in ds.report.summary
     with np.load(BREAST) as z:
         for split, key in [('train', 'train'), ('valid', 'val'), ('test', 'test')]:
             assert ds.labels(split).tolist() == z[f'{key}_labels'][:, 0].tolist()
@@ -319,11 +320,17 @@ def test_breastmnist_npz():
         assert x.shape == (78, 1, 28, 28)
         np.testing.assert_allclose(x[5, 0].numpy(), z['val_images'][5] / 127.5 - 1, atol=2e-3)
     assert ds.images('test', size=32).shape == (156, 1, 32, 32)
-    half = Dataset.open(BREAST, pretrain_fraction=0.5)
+    half = Dataset.open(BREAST)  # the default: NPZ_PRETRAIN_FRACTION = 0.5 of the train images become pretrain
     n = half.counts()['rows'].to_dict()
     assert n == {'pretrain': 273, 'train': 273, 'valid': 78, 'test': 156}
+    assert 'pretrain_fraction=0.5 (the default NPZ_PRETRAIN_FRACTION): 273 of the 546 train patients' in half.report.summary
+    assert Dataset.open(BREAST, pretrain_fraction=0.5).table.split.tolist() == half.table.split.tolist()
     with pytest.raises(PretrainLabelsError):
         half.labels('pretrain')
+    # BreastMNIST: 0 = malignant (the minority), 1 = benign/normal; integer names say nothing, so the minority is positive
+    for d in (ds, half):
+        i, why = choose_positive(d.classes, d.labels('train'))
+        assert d.classes[i] == 0 and 'minority' in why
 
 
 def test_small_npz_rgb_and_errors(tmp_path):
@@ -333,8 +340,9 @@ def test_small_npz_rgb_and_errors(tmp_path):
         arrays[f'{k}_images'] = rng.integers(0, 255, (n, 6, 6, 3), dtype=np.uint8)
         arrays[f'{k}_labels'] = np.arange(n).reshape(n, 1) % 3
     np.savez(tmp_path/'m.npz', **arrays)
-    ds = Dataset.open(tmp_path/'m.npz')
+    ds = Dataset.open(tmp_path/'m.npz', pretrain_fraction=0)
     assert ds.images('train').shape == (9, 1, 6, 6) and ds.classes == [0, 1, 2]
+    assert Dataset.open(tmp_path/'m.npz').counts()['rows'].to_dict() == {'pretrain': 5, 'train': 4, 'valid': 3, 'test': 3}
     x = load_image(f"{tmp_path/'m.npz'}::val_images/2")
     rgb = arrays['val_images'][2].astype(np.float32)
     np.testing.assert_allclose(x[0], (rgb @ [0.299, 0.587, 0.114]) / 127.5 - 1, atol=1e-4)
@@ -534,3 +542,67 @@ def test_pretrain_labels_only_for_the_class_conditioned_generation_model(tmp_pat
     with pytest.raises(PretrainLabelsError):
         ds.labels('pretrain')
     assert ds.labels('pretrain', class_conditioned_generation=True).tolist() == [0, 1, 0, 1, 0, 1]
+
+
+# ---------------------------------------------------------------- the positive class
+@pytest.mark.parametrize('classes,expected', [(['hemorrhage', 'normal'], 'hemorrhage'), (['normal', 'hemorrhage'], 'hemorrhage'),
+                                              (['Normal', 'Hemorrhage'], 'Hemorrhage'), (['no_bleed', 'bleed'], 'bleed'),
+                                              (['bleed', 'no-bleed'], 'bleed'), (['No Finding', 'effusion'], 'effusion'),
+                                              (['benign+normal', 'malignant'], 'malignant'), (['healthy', 'tumour'], 'tumour'),
+                                              (['NEGATIVE', 'positive'], 'positive'), (['none', 'fracture'], 'fracture')])
+def test_positive_is_the_class_not_named_as_absence_of_disease(classes, expected):
+    i, why = choose_positive(classes)               # no train labels needed: the names decide
+    assert classes[i] == expected
+    assert 'reads as the absence of disease' in why and why.count('.') == 1 and '\n' not in why
+
+
+def test_positive_given_explicitly_wins():
+    assert choose_positive(['hemorrhage', 'normal'], positive='normal')[0] == 1
+    assert choose_positive([0, 1], [0, 0, 1], positive=1) == (1, "class '1' is positive because it was asked for (positive=1).")
+    assert choose_positive([0, 1], [0, 0, 1], positive='0')[0] == 0
+    assert choose_positive(['a', 'b'], [0, 0, 1], positive='')[0] == 1   # '' (a papermill default) means: not given
+
+
+def test_positive_is_the_train_minority_for_integer_classes():
+    y = np.r_[np.zeros(147, int), np.ones(399, int)]         # BreastMNIST's train split: 0 malignant, 1 benign/normal
+    i, why = choose_positive([0, 1], y)
+    assert i == 0 and why == ("class '0' is positive because neither class name reads as the absence of disease and it is "
+                              "the minority class of the train split (147 of 546 images).")
+    assert choose_positive([0, 1], torch.tensor(1 - y))[0] == 1
+    assert choose_positive(['normal', 'benign'], [0, 1, 1])[0] == 0  # both names read as negative: the minority decides
+
+
+def test_positive_tie_takes_the_second_class_and_says_so():
+    i, why = choose_positive(['cat', 'dog'], [0, 1, 1, 0])
+    assert i == 1 and 'as many images of each class (2 each)' in why and 'second class' in why
+
+
+def test_positive_bad_input_is_one_clear_error():
+    with pytest.raises(ValueError, match=r"positive class 'tumour' is not one of the classes \(hemorrhage, normal\)"):
+        choose_positive(['hemorrhage', 'normal'], positive='tumour')
+    with pytest.raises(ValueError, match=r'exactly two classes, got 3 \(a, b, c\)'):
+        choose_positive(['a', 'b', 'c'], [0, 1, 2])
+    with pytest.raises(ValueError, match='pass train_labels'):
+        choose_positive(['cat', 'dog'])
+    with pytest.raises(ValueError, match='class indices 0 or 1'):
+        choose_positive(['cat', 'dog'], [0, 3])
+    with pytest.raises(ValueError, match='empty'):
+        choose_positive(['cat', 'dog'], [])
+    assert not reads_negative('nodule') and not reads_negative('abnormal') and reads_negative('no finding')
+
+
+def test_npz_default_pretrain_fraction(tmp_path):
+    arrays = {}
+    for k, n in [('train', 20), ('val', 4), ('test', 4)]:
+        arrays[f'{k}_images'] = np.zeros((n, 4, 4), np.uint8)
+        arrays[f'{k}_labels'] = (np.arange(n) % 4 == 0).astype(int).reshape(n, 1)
+    np.savez(tmp_path/'m.npz', **arrays)
+    assert NPZ_PRETRAIN_FRACTION == 0.5
+    rep = check_data(tmp_path/'m.npz')
+    assert rep.ok and rep.table.split.value_counts().to_dict() == {'pretrain': 10, 'train': 10, 'valid': 4, 'test': 4}
+    pre = rep.table[rep.table.split == 'pretrain']
+    assert (pre.label == 1).sum() == 2 and rep.table.attrs['split_source'] == 'npz'   # stratified: 5 positives, 2-3 move
+    assert 'splits: from the npz keys; pretrain_fraction=0.5 (the default NPZ_PRETRAIN_FRACTION): 10 of the 20' in rep.summary
+    rep0 = check_data(tmp_path/'m.npz', pretrain_fraction=0)
+    assert rep0.ok and (rep0.table.split == 'pretrain').sum() == 0 and 'no pre-training split' in rep0.summary
+    assert (check_data(tmp_path/'m.npz', pretrain_fraction=0.25).table.split == 'pretrain').sum() == 5

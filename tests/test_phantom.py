@@ -76,22 +76,24 @@ def test_split_rules_and_prevalence(small):
     assert set(df[df.facility != 1].split) == {'pretrain'}
     assert df.groupby('patient_id').split.nunique().max() == 1          # no patient in two splits
     assert df.groupby('patient_id').facility.nunique().max() == 1       # patient ids unique across facilities
+    assert set(df.label) == {'normal', 'hematoma'}                       # class names, not 0/1
+    df = df.assign(pos=df.label == 'hematoma')
     down = df[df.facility == 1]
-    assert .10 <= down.label.mean() <= .20
-    for s in ('train', 'valid', 'test'): assert .10 <= down[down.split == s].label.mean() <= .20
-    assert .10 <= df[df.split == 'pretrain'].label.mean() <= .20
-    # label is the paper's any-marker rule, and label 1 <=> a hematoma
-    assert ((df[list(MARKERS)].sum(axis=1) > 0).astype(int) == df.label).all()
-    assert ((df.hematoma_type != 'none').astype(int) == df.label).all()
+    assert .10 <= down.pos.mean() <= .20
+    for s in ('train', 'valid', 'test'): assert .10 <= down[down.split == s].pos.mean() <= .20
+    assert .10 <= df[df.split == 'pretrain'].pos.mean() <= .20
+    # label is the paper's any-marker rule, and 'hematoma' <=> a hematoma is in the slice
+    assert ((df[list(MARKERS)].sum(axis=1) > 0) == df.pos).all()
+    assert ((df.hematoma_type != 'none') == df.pos).all()
     assert set(df.hard_negative) <= {'none', 'calcification', 'partial_volume'}
-    assert (df[df.label == 0].hard_negative != 'none').sum() > 0
+    assert (df[df.label == 'normal'].hard_negative != 'none').sum() > 0
     assert df.slice_level.between(0, 1).all()
 
 
 def test_hematoma_spans_adjacent_slices(small):
     _, df = small
     df = df.assign(s=df.path.str.extract(r'_s(\d+)\.png$')[0].astype(int))
-    for _, g in df[df.label == 1].groupby('patient_id'):
+    for _, g in df[df.label == 'hematoma'].groupby('patient_id'):
         s = np.sort(g.s.values)
         assert (np.diff(s) == 1).all()                                   # one contiguous run per patient
         assert g.hematoma_type.nunique() == 1
@@ -159,3 +161,14 @@ def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         make_phantom(tmp_path / 'half', 'tiny', **SMALL)
     assert list(tmp_path.iterdir()) == []                               # no half dataset, no temp folder
+
+
+def test_the_positive_class_of_the_phantom_is_hematoma(small):
+    "Classes sort as ['hematoma', 'normal'], yet the positive class is hematoma: 'normal' names the absence of disease."
+    from rcdiff.data import Dataset, choose_positive
+    csv, df = small
+    ds = Dataset.open(csv)
+    assert ds.classes == ['hematoma', 'normal']
+    i, why = choose_positive(ds.classes, ds.labels('train'))
+    assert ds.classes[i] == 'hematoma' and "'normal'" in why
+    assert ph.LABELS == ('normal', 'hematoma') and ph.PHANTOM_FORMAT >= 2
