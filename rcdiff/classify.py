@@ -15,7 +15,7 @@ from .diffusion import Diffusion, eps_part
 
 # %% auto #0
 __all__ = ['WEIGHTINGS', 'van_der_corput_order', 'NoiseBank', 'make_bank', 'ErrorMatrix', 'class_errors', 'naive_errors',
-           't_weights', 'scores', 'predict', 'adaptive_classify', 'GaussianDenoiser']
+           't_weights', 'scores', 'predict', 'choose_t_band', 'adaptive_classify', 'GaussianDenoiser']
 
 # %% ../nbs/08_classify.ipynb #68052415
 def van_der_corput_order(n: int) -> list[int]:
@@ -190,6 +190,35 @@ def scores(E: ErrorMatrix, kind: str = 'eps', weighting: str = 'uniform', t_min:
 def predict(E: ErrorMatrix, **kw) -> np.ndarray:
     "argmin over classes of `scores(E, **kw)`."
     return scores(E, **kw).argmin(1)
+
+# %% ../nbs/08_classify.ipynb #tband-code
+def _separation(sc: np.ndarray, y: np.ndarray, positive: int = 1) -> float:
+    "How well (N, C) scores (lower = more likely) separate labels y: AUROC of s_other − s_positive for 2 classes, else accuracy."
+    from sklearn.metrics import roc_auc_score
+    if sc.shape[1] == 2:
+        yb = (y == positive).astype(int)
+        if yb.min() == yb.max(): raise ValueError("the valid labels hold one class only: no AUROC to choose a band by")
+        return float(roc_auc_score(yb, sc[:, 1 - positive] - sc[:, positive]))
+    return float((sc.argmin(1) == y).mean())
+
+def choose_t_band(E: ErrorMatrix, y, kind: str = 'eps', weighting: str = 'uniform', positive: int = 1,
+                  min_width: int | None = None, diffusion: Diffusion | None = None) -> tuple:
+    """The band (t_min, t_max) of bank timesteps whose `scores` best separate the labels `y` of the images of `E`
+    (valid AUROC for 2 classes, accuracy otherwise); bands span at least `min_width` distinct timesteps
+    (default: a quarter of them, at least 2). Returns `(t_min, t_max, table)`, `table` holding every band's value."""
+    import pandas as pd
+    y = np.asarray(y).reshape(-1)
+    if len(y) != E.shape[0]: raise ValueError(f"{len(y)} labels for an error matrix of {E.shape[0]} images")
+    grid = np.unique(E.t)
+    w = max(2, len(grid) // 4) if min_width is None else int(min_width)
+    if not 1 <= w <= len(grid): raise ValueError(f"min_width must lie in [1, {len(grid)}] (the bank's distinct timesteps), got {min_width}")
+    rows = [dict(t_min=int(grid[i]), t_max=int(grid[j]), width=j - i + 1,
+                 value=_separation(scores(E, kind, weighting, grid[i], grid[j], diffusion=diffusion), y, positive))
+            for i in range(len(grid)) for j in range(i + w - 1, len(grid))]
+    table = pd.DataFrame(rows).sort_values(['value', 'width'], ascending=[False, True], kind='stable')
+    best = table.iloc[0]
+    return int(best.t_min), int(best.t_max), table.reset_index(drop=True)
+
 
 # %% ../nbs/08_classify.ipynb #fa45a4d7
 def _logits(score, calibration):

@@ -18,21 +18,55 @@ from .dit import DiT, to_class_conditioning
 from .train import TrainConfig, build, update_ema, data_fingerprint, save_checkpoint, _atomic_write
 
 # %% auto #0
-__all__ = ['LABEL_INITS', 'RESULT_NAME', 'LOSS_NAME', 'EVALS_NAME', 'TCONFIG_NAME', 'from_pretrained', 'dit_arch', 'from_scratch',
-           'denoiser_state', 'TuneConfig', 'valid_loss', 'TuneResult', 'tune', 'load_tuned']
+__all__ = ['LABEL_INITS', 'RESULT_NAME', 'LOSS_NAME', 'EVALS_NAME', 'TCONFIG_NAME', 'r_embeddings', 'from_pretrained', 'dit_arch',
+           'from_scratch', 'denoiser_state', 'TuneConfig', 'valid_loss', 'TuneResult', 'tune', 'load_tuned']
 
 # %% ../nbs/07_tune.ipynb #b51765b3
-LABEL_INITS = ('zeros', 'normal')
+LABEL_INITS = ('auto', 'zeros', 'normal', 'r_mean', 'r_class_mean')
 
-def from_pretrained(model: DiT, num_classes: int, class_dropout: float = 0., seed: int = 0, label_init: str = 'zeros') -> DiT:
+@torch.no_grad()
+def r_embeddings(model: DiT, encoder, z0: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    "(N, hidden) conditioning added to t_emb by a representation-conditioned `model` for clean latents `z0`: r_emb(f_φ(z0))."
+    if getattr(model, 'cond', None) != 'representation': raise ValueError("r_embeddings needs a representation-conditioned DiT")
+    if encoder is None: raise ValueError("r_embeddings needs the pre-trained encoder f_φ that was trained with the model")
+    dev = next(model.parameters()).device
+    was = (model.training, encoder.training); model.eval(); encoder.eval()
+    out = torch.cat([model.r_embedder(encoder(z0[i:i + batch_size].to(dev)), train=False).cpu()
+                     for i in range(0, len(z0), batch_size)])
+    model.train(was[0]); encoder.train(was[1])
+    return out
+
+def from_pretrained(model: DiT, num_classes: int, class_dropout: float = 0., seed: int = 0, label_init: str = 'auto',
+                    encoder=None, z0: torch.Tensor | None = None, y=None) -> DiT:
     """A class-conditioned copy of a pre-trained `model` (cond 'representation' or 'none'): every denoiser tensor is
     copied unchanged, the r embedder (if any) is dropped, a fresh label embedder is added (RC-LDT paper, Fig. 5).
-    `label_init='zeros'` starts every class at the same (zero) embedding; 'normal' is DiT's N(0, 0.02²)."""
+    `label_init`: 'zeros' starts every class at a zero embedding; 'normal' is DiT's N(0, 0.02²); 'r_mean' starts every
+    class at the mean r-embedding r_emb(f_φ(z0)) of the latents `z0` (needs `encoder`); 'r_class_mean' starts class c at
+    the mean over `z0[y == c]`; 'auto' is 'zeros' for an unconditional model and 'r_mean' for a representation one."""
     if not isinstance(model, DiT): raise TypeError(f"from_pretrained takes a DiT, got {type(model).__name__}")
     if model.cond == 'class': raise ValueError("the model is class-conditioned already: tune it directly")
     if label_init not in LABEL_INITS: raise ValueError(f"label_init must be one of {LABEL_INITS}, not {label_init!r}")
+    if label_init == 'auto': label_init = 'r_mean' if model.cond == 'representation' else 'zeros'
+    rows = None
+    if label_init.startswith('r_'):
+        if model.cond != 'representation': raise ValueError(f"label_init={label_init!r} needs a representation-conditioned model")
+        if encoder is None or z0 is None:
+            raise ValueError(f"label_init={label_init!r} starts the labels at the mean r-embedding: give the pre-trained encoder= and "
+                             "the train latents z0= (or label_init='zeros', whose conditioning differs from pre-training's)")
+        e = r_embeddings(model, encoder, z0)
+        if label_init == 'r_mean': rows = e.mean(0, keepdim=True).expand(num_classes, -1)
+        else:
+            if y is None: raise ValueError("label_init='r_class_mean' needs the labels y of z0")
+            y = torch.as_tensor(y).long().reshape(-1)
+            if len(y) != len(e): raise ValueError(f"{len(y)} labels for {len(e)} latents")
+            missing = [c for c in range(num_classes) if not (y == c).any()]
+            if missing: raise ValueError(f"label_init='r_class_mean': no latent of class(es) {missing}")
+            rows = torch.stack([e[y == c].mean(0) for c in range(num_classes)])
     m = to_class_conditioning(copy.deepcopy(model), num_classes, dropout_prob=class_dropout, seed=seed)
-    if label_init == 'zeros': torch.nn.init.zeros_(m.y_embedder.embedding_table.weight)
+    w = m.y_embedder.embedding_table.weight
+    with torch.no_grad():
+        if label_init == 'zeros': w.zero_()
+        elif rows is not None: w[:num_classes] = rows.to(w)
     return m
 
 def dit_arch(model: DiT) -> dict:

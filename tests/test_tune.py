@@ -20,7 +20,7 @@ def toy(n, seed):
 @pytest.mark.parametrize('cond', ['representation', 'none'])
 def test_swap_keeps_every_denoiser_tensor(cond):
     pre = build(TrainConfig(cond=cond, **SMALL), (4, 8, 8))[0]
-    tuned = from_pretrained(pre, num_classes=3)
+    tuned = from_pretrained(pre, num_classes=3, label_init='zeros')
     a, b = denoiser_state(pre), denoiser_state(tuned)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert tuned.cond == 'class' and not hasattr(tuned, 'r_embedder') and tuned.y_embedder.embedding_table.num_embeddings == 3
@@ -36,10 +36,10 @@ def test_swap_keeps_every_denoiser_tensor(cond):
 def test_tuning_starts_from_the_pretrained_weights(tmp_path):
     pre = build(TrainConfig(cond='representation', **SMALL), (4, 8, 8))[0]
     lat, y = toy(24, 0); vl, vy = toy(12, 1)
-    frozen = tune(from_pretrained(pre, 2), lat, y, TuneConfig(steps=3, lr=0., eval_every=1, ema_decay=0.), tmp_path/'a', valid=(vl.mean[0], vy), progress=False)
+    frozen = tune(from_pretrained(pre, 2, label_init='zeros'), lat, y, TuneConfig(steps=3, lr=0., eval_every=1, ema_decay=0.), tmp_path/'a', valid=(vl.mean[0], vy), progress=False)
     a, b = denoiser_state(pre), denoiser_state(frozen.model)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    moved = tune(from_pretrained(pre, 2), lat, y, TuneConfig(steps=3, lr=1e-2, eval_every=3, use_ema=False), tmp_path/'b',
+    moved = tune(from_pretrained(pre, 2, label_init='zeros'), lat, y, TuneConfig(steps=3, lr=1e-2, eval_every=3, use_ema=False), tmp_path/'b',
                  evaluate=lambda m: 1.0, progress=False)
     # the untuned model (step 0) is evaluated but never selected, even when nothing scores better
     assert moved.best_step == 3 and moved.evals.step.tolist() == [0, 3]
@@ -86,6 +86,23 @@ def test_bad_input():
     lat, y = toy(8, 0)
     pre = build(TrainConfig(cond='none', **SMALL), (4, 8, 8))[0]
     with pytest.raises(ValueError, match='class-conditioned'): tune(pre, lat, y, TuneConfig(), '/nonexistent', valid=(lat.mean[0], y))
-    with pytest.raises(ValueError, match='labels must lie'): tune(from_pretrained(pre, 2), lat, y + 5, TuneConfig(), '/nonexistent', valid=(lat.mean[0], y))
-    with pytest.raises(ValueError, match='8 latents'): tune(from_pretrained(pre, 2), lat, y[:3], TuneConfig(), '/nonexistent')
+    with pytest.raises(ValueError, match='labels must lie'): tune(from_pretrained(pre, 2, label_init='zeros'), lat, y + 5, TuneConfig(), '/nonexistent', valid=(lat.mean[0], y))
+    with pytest.raises(ValueError, match='8 latents'): tune(from_pretrained(pre, 2, label_init='zeros'), lat, y[:3], TuneConfig(), '/nonexistent')
     with pytest.raises(ValueError, match='balance'): TuneConfig(balance='weights')
+
+
+def test_representation_labels_start_at_the_mean_r_embedding():
+    "'auto' on a representation model: every class row is the mean r_emb(f_phi(z0)) of the given latents; without them, a clear error."
+    pre, enc = build(TrainConfig(cond='representation', **SMALL), (4, 8, 8))
+    with torch.no_grad(): pre.r_embedder.mlp[2].bias.fill_(3.)              # a constant part, as pre-training gives r_emb
+    lat, y = toy(16, 0)
+    with pytest.raises(ValueError, match='encoder='): from_pretrained(pre, 2)
+    m = from_pretrained(pre, 2, encoder=enc, z0=lat.mean[0])
+    with torch.no_grad(): want = pre.r_embedder(enc(lat.mean[0]), train=False).mean(0)
+    w = m.y_embedder.embedding_table.weight
+    assert torch.allclose(w[0], want, atol=1e-6) and torch.equal(w[0], w[1]) and w.abs().mean() > 1
+    p = from_pretrained(pre, 2, label_init='r_class_mean', encoder=enc, z0=lat.mean[0], y=y)
+    with torch.no_grad(): e = pre.r_embedder(enc(lat.mean[0]), train=False)
+    assert torch.allclose(p.y_embedder.embedding_table.weight[1], e[y == 1].mean(0), atol=1e-6)
+    unc = build(TrainConfig(cond='none', **SMALL), (4, 8, 8))[0]
+    assert (from_pretrained(unc, 2).y_embedder.embedding_table.weight == 0).all()   # 'auto' = zeros when there was no r
