@@ -237,7 +237,7 @@ def _init_r_embedder(emb:RepresentationEmbedder):
 # %% ../nbs/04_dit.ipynb #92eb99d1
 DIT_SIZES = {  # name: (depth, hidden_size, num_heads, source)
     'S': (12, 384, 6, 'paper'), 'B': (12, 768, 12, 'paper'), 'L': (24, 1024, 16, 'paper'), 'XL': (28, 1152, 16, 'paper'),
-    'T': (6, 192, 3, 'rcdiff'),
+    'T': (6, 192, 3, 'rcdiff'), 'XS': (4, 128, 2, 'rcdiff'),
 }
 
 def _dit_constructor(size, patch):
@@ -248,7 +248,7 @@ def _dit_constructor(size, patch):
     return make
 
 DiT_models = {f'DiT-{s}/{p}': _dit_constructor(s, p) for s in ('XL', 'L', 'B', 'S') for p in (2, 4, 8)}
-DiT_models.update({f'DiT-T/{p}': _dit_constructor('T', p) for p in (2, 4)})
+DiT_models.update({f'DiT-{s}/{p}': _dit_constructor(s, p) for s in ('T', 'XS') for p in (2, 4)})
 
 def count_params(model:nn.Module, trainable_only:bool=False) -> int:
     "Number of parameters; like DiT's own count, the fixed `pos_embed` is included unless `trainable_only`."

@@ -11,7 +11,7 @@ from sklearn import metrics as skm
 
 # %% auto #0
 __all__ = ['BINARY_METRICS', 'binary_metrics', 'bootstrap_ci', 'PriorCalibration', 'fmt_ci', 'ci_table', 'paired_bootstrap',
-           'verdict', 'claims_table', 'recall_by_group', 'false_positive_rate_by_group']
+           'verdict', 'claims_table', 'youden_threshold', 'recall_by_group', 'false_positive_rate_by_group']
 
 # %% ../nbs/10_metrics.ipynb #b1c60fbe
 BINARY_METRICS = ('accuracy', 'f1', 'recall', 'precision', 'auroc', 'balanced_accuracy', 'sensitivity', 'specificity')
@@ -197,6 +197,17 @@ def claims_table(y_true, classifiers: dict, claims, metrics=('auroc', 'accuracy'
                       positive_class=positive if positive_name is None else positive_name) for m, r in pb.iterrows()]
     return pd.DataFrame(rows, columns=['claim', 'a', 'b', 'metric', 'value_a', 'value_b', 'difference', 'low', 'high',
                                        'verdict', 'n_test', 'n_positive', 'positive_class'])
+
+# %% ../nbs/10_metrics.ipynb #youden-code
+def youden_threshold(y_true, score, positive: int = 1) -> float:
+    "The threshold on `score` (predict positive when score >= threshold) that maximises sensitivity + specificity on these images."
+    y, s = _arr(y_true, 'y_true', int) == positive, _arr(score, 'score', float)
+    if len(y) != len(s): raise ValueError(f"{len(y)} labels but {len(s)} scores")
+    if y.all() or not y.any(): raise ValueError("youden_threshold needs both classes among the images")
+    fpr, tpr, thr = skm.roc_curve(y, s)
+    j = int(np.argmax(tpr - fpr))
+    return float(min(thr[j], np.max(s)))            # roc_curve's first threshold is +inf
+
 
 # %% ../nbs/10_metrics.ipynb #group-code
 def _rate_by_group(y_true, preds, groups, columns, n_boot, seed, alpha, positive, among_positives):
