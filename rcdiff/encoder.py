@@ -12,7 +12,8 @@ from timm.models.vision_transformer import VisionTransformer
 __all__ = ['ENCODER_SIZES', 'RepresentationEncoder']
 
 # %% ../nbs/05_encoder.ipynb #fbf219df
-ENCODER_SIZES = {  # name: ViT width, depth, heads (tiny is ours, for CPU; small and base follow ViT-S and ViT-B)
+ENCODER_SIZES = {  # name: ViT width, depth, heads (xs and tiny are ours, for CPU; small and base follow ViT-S and ViT-B)
+    'xs': dict(embed_dim=128, depth=2, num_heads=2),
     'tiny': dict(embed_dim=192, depth=4, num_heads=3),
     'small': dict(embed_dim=384, depth=12, num_heads=6),
     'base': dict(embed_dim=768, depth=12, num_heads=12),

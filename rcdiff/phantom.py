@@ -355,7 +355,7 @@ def render_slice(rng=None, size:int=256, level:float|None=None, head:dict|None=N
 PRESETS = {
     'paper': dict(size=256, render=512, pretrain=10313, train=1424, valid=178, test=179, prevalence=.15,
                   slices_per_patient=(6, 14), hematoma_slices=(1, 6), mimic_p=.2),
-    'tiny':  dict(size=64, render=96, pretrain=2400, train=480, valid=120, test=160, prevalence=.15,
+    'tiny':  dict(size=64, render=96, pretrain=2400, train=960, valid=320, test=640, prevalence=.15,
                   slices_per_patient=(4, 10), hematoma_slices=(1, 5), mimic_p=.2),
 }
 COLUMNS = ['path', 'label', 'patient_id', 'facility', 'split', *MARKERS, 'hematoma_type', 'hard_negative', 'slice_level']

@@ -64,7 +64,7 @@ def test_presets_counts():
     plan = plan_phantom('paper', seed=1)
     assert plan.split.value_counts().to_dict() == dict(pretrain=10313, train=1424, valid=178, test=179)
     t = PRESETS['tiny']
-    assert (t['pretrain'], t['train'], t['valid'], t['test'], t['size']) == (2400, 480, 120, 160, 64)
+    assert (t['pretrain'], t['train'], t['valid'], t['test'], t['size']) == (2400, 960, 320, 640, 64)
 
 
 def test_split_rules_and_prevalence(small):
