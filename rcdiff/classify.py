@@ -205,12 +205,12 @@ def choose_t_band(E: ErrorMatrix, y, kind: str = 'eps', weighting: str = 'unifor
                   min_width: int | None = None, diffusion: Diffusion | None = None) -> tuple:
     """The band (t_min, t_max) of bank timesteps whose `scores` best separate the labels `y` of the images of `E`
     (valid AUROC for 2 classes, accuracy otherwise); bands span at least `min_width` distinct timesteps
-    (default: a quarter of them, at least 2). Returns `(t_min, t_max, table)`, `table` holding every band's value."""
+    (default: half of them, at least 2). Returns `(t_min, t_max, table)`, `table` holding every band's value."""
     import pandas as pd
     y = np.asarray(y).reshape(-1)
     if len(y) != E.shape[0]: raise ValueError(f"{len(y)} labels for an error matrix of {E.shape[0]} images")
     grid = np.unique(E.t)
-    w = max(2, len(grid) // 4) if min_width is None else int(min_width)
+    w = max(2, len(grid) // 2) if min_width is None else int(min_width)
     if not 1 <= w <= len(grid): raise ValueError(f"min_width must lie in [1, {len(grid)}] (the bank's distinct timesteps), got {min_width}")
     rows = [dict(t_min=int(grid[i]), t_max=int(grid[j]), width=j - i + 1,
                  value=_separation(scores(E, kind, weighting, grid[i], grid[j], diffusion=diffusion), y, positive))

@@ -29,7 +29,7 @@ PRESETS = {
                   seeds=[0], tune_steps=800, tune_batch_size=32, tune_lr=3e-4, tune_ema_decay=0.995, tune_eval_every=200,
                   tune_balance='sampler', tune_label_init='auto', tune_valid_n_t=8, dc_n_t=8, dc_n_eps=2, dc_min_band=0,
                   dc_batch_size=64, adaptive_z=2.0, adaptive_min_samples=2, adaptive_chunk=1, cnn='resnet18', vit='vit_tiny',
-                  baseline_epochs=5, baseline_batch_size=32, baseline_lr=1e-3, dino_arch='vit_tiny', dino_steps=20,
+                  vit_patch=16, baseline_epochs=3, baseline_batch_size=32, baseline_lr=1e-3, dino_arch='vit_tiny', dino_steps=20,
                   dino_batch_size=16, dino_local_crops=2, n_boot=2000),
     'paper': dict(phantom='paper', phantom_seed=0, phantom_overrides={}, seed=0, image_size=256, pretrain_fraction=None,
                   # 01_pretrain: Table 2 of the RC-LDT paper (DiT-B/2, batch 16, lr 1e-4, 4x32x32 latents: give the
@@ -43,7 +43,7 @@ PRESETS = {
                   seeds=[0, 1, 2], tune_steps=5000, tune_batch_size=16, tune_lr=1e-4, tune_ema_decay=0.999,
                   tune_eval_every=500, tune_balance='sampler', tune_label_init='auto', tune_valid_n_t=10, dc_n_t=50, dc_n_eps=2,
                   dc_min_band=0, dc_batch_size=1024,
-                  adaptive_z=2.0, adaptive_min_samples=4, adaptive_chunk=2, cnn='resnet50', vit='vit_base',
+                  adaptive_z=2.0, adaptive_min_samples=4, adaptive_chunk=2, cnn='resnet50', vit='vit_base', vit_patch=16,
                   baseline_epochs=50, baseline_batch_size=32, baseline_lr=3e-4, dino_arch='vit_base', dino_steps=10_000,
                   dino_batch_size=64, dino_local_crops=8, n_boot=2000),
 }
@@ -302,13 +302,15 @@ def _jsonable(v):
 
 # %% ../nbs/90_report.ipynb #457cde02
 def phantom_cache_folder(phantom='tiny', phantom_seed=0, phantom_overrides=None) -> Path:
-    "The cache folder of one phantom: keyed by preset, seed, overrides, package version and `PHANTOM_FORMAT`."
-    from rcdiff.phantom import PHANTOM_FORMAT, PRESETS as PHANTOM_PRESETS
+    "The cache folder of one phantom: keyed by the resolved preset (its counts and sizes), seed, package version and `PHANTOM_FORMAT`."
+    from rcdiff.phantom import PHANTOM_FORMAT, PRESETS as PHANTOM_PRESETS, resolve_preset
     from rcdiff.data import cache_dir
     from rcdiff import __version__
     if phantom not in PHANTOM_PRESETS:
         raise RunError(f"unknown phantom preset {phantom!r} (known: {', '.join(PHANTOM_PRESETS)})")
-    key = hashlib.sha1(json.dumps([phantom, phantom_seed, dict(phantom_overrides or {}), __version__, PHANTOM_FORMAT],
+    try: resolved = resolve_preset(phantom, **dict(phantom_overrides or {}))
+    except ValueError as e: raise RunError(f"phantom_overrides: {e}") from None
+    key = hashlib.sha1(json.dumps([phantom, phantom_seed, resolved, __version__, PHANTOM_FORMAT],
                                   sort_keys=True, default=str).encode()).hexdigest()[:10]
     return cache_dir()/'phantom'/f'{phantom}-seed{phantom_seed}-{key}'
 

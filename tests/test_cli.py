@@ -206,7 +206,13 @@ def test_classify_and_its_benchmark_run_end_to_end(tmp_path):
         assert (out/f).exists(), f
     m = json.loads((out/'metrics.json').read_text())
     c = m['02_classify']
-    assert c['test_images'] == 20 and len(c['table4_raw']) == 5
+    assert c['test_images'] == 20 and len(c['table4_raw']) == 8         # 3 baselines, 2 x Zero (Eq. 4), 3 x DC chosen on valid
+    claims = pd.read_csv(out/'tables'/'claims.csv')
+    assert len(claims) == 14 and set(claims.verdict) <= {'holds', 'refuted', 'unresolved'} and (claims.n_test == 20).all()
+    assert (claims.positive_class == 'hematoma').all() and (claims.low <= claims.high).all()
+    miss = pd.read_csv(out/'tables'/'recall_by_subgroup.csv')
+    assert 'hematoma_type' in set(miss.column) and 'fluid_level' in set(miss.column)
+    assert set(c['dc_chosen']) == {'none', 'representation', 'scratch'}
     import yaml
     params = yaml.safe_load((out/'params.yaml').read_text())
     assert params['positive']['class'] == 'hematoma' and "'normal' reads as the absence of disease" in params['positive']['reason']
@@ -225,3 +231,21 @@ def test_classify_and_its_benchmark_run_end_to_end(tmp_path):
     rows = {(r['classifier'], r['rule']): r for r in b['adaptive']['rows']}
     assert rows[('exhaustive', 'raw')]['evaluations_per_image'] == 2 * 4
     assert rows[('adaptive', 'raw')]['evaluations_per_image'] <= 2 * 4
+
+
+def test_tiny_recipe_study_runs_end_to_end(tmp_path):
+    "93_tiny_recipe on a small phantom with every factor at one extra level: the points table, the figure, the summary."
+    out = tmp_path/'recipe'
+    r = _cli('run', '--out', out, '--quiet', '--only', 'tiny_recipe', '-p', SMALL, '-p', 'image_size=32',
+             '-p', 'pretrain_steps=4', '-p', 'tune_steps=2', '-p', 'tune_eval_every=1', '-p', 'pretrain_multipliers=[0.5, 1]',
+             '-p', 'lr_multipliers=[3]', '-p', 'label_inits=[zeros]', '-p', 'ema_levels=[0]', '-p', 'alt_models=[DiT-XS/2]',
+             '-p', 'scratch_multipliers=[1]', '-p', 'baseline_epochs=1', '-p', 'study_n_t=2', '-p', 'study_n_eps=1')
+    assert r.returncode == 0, r.stderr[-3000:]
+    pts = pd.read_csv(out/'tables'/'recipe_points.csv')
+    want = {'pretrain_steps', 'tune_lr', 'label_init', 'tune_ema', 'pretrain_batch', 'model', 'from scratch'}
+    assert want <= set(pts.factor), set(pts.factor)
+    assert pts.auroc_eps.between(0, 1).all() and (pts.seconds > 0).all()
+    assert (out/'figures'/'auroc_vs_seconds.png').exists() and (out/'tables'/'bank_size.csv').exists()
+    m = json.loads((out/'metrics.json').read_text())['93_tiny_recipe']
+    assert m['condition_shift']['r_emb_norm'] > 0 and 0 <= m['nearest_class_mean_auroc']['valid'] <= 1
+    assert m['valid_images'] == 20 and m['positive_class'] == 'hematoma'
