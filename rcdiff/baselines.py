@@ -305,9 +305,13 @@ def _python_random(seed: int):
 
 def block_masks(n: int, grid: int, mask_ratio=(0.1, 0.5), mask_probability: float = 0.5, seed: int = 0) -> torch.Tensor:
     "DINOv2's iBOT block masks for n images of grid x grid patches: (n, grid, grid) bool, True = masked."
+    # DINOv2's blocks cover at least 4 patches; a small grid (64 px in 16-px patches: 4x4) may ask for fewer patches
+    # than that in an image, which lightly refuses, so the smallest block shrinks to the fewest patches any image asks for
+    min_block = min(4, int(grid * grid * mask_ratio[0]))
     with _python_random(seed):
         return random_block_mask((n, grid, grid), batch_mask_ratio=mask_probability,
-                                 min_image_mask_ratio=mask_ratio[0], max_image_mask_ratio=mask_ratio[1])
+                                 min_image_mask_ratio=mask_ratio[0], max_image_mask_ratio=mask_ratio[1],
+                                 min_num_masks_per_block=min_block)
 
 # %% ../nbs/09_baselines.ipynb #122b4034
 class DINO(nn.Module):

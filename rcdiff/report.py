@@ -92,6 +92,7 @@ EXPERIMENT_SPLITS = {
     '90_phantom_difficulty': ('train', 'valid', 'test'),
     '91_bench_dit': (),                               # random latents
     '92_bench_classify': lambda p: ('pretrain', 'valid', 'test') if p.get('tuned_run') else (),  # only its tuned-model part
+    '93_tiny_recipe': ('pretrain', 'train', 'valid'),  # never the test split
 }
 _SPLIT_WHAT = {'pretrain': 'pre-training images', 'train': 'labelled train images', 'valid': 'validation images',
                'test': 'test images'}
