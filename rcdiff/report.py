@@ -22,11 +22,11 @@ PRESETS = {
                   # 01_pretrain: latents 4x16x16 (PCA p=4) and a CPU-sized DiT, chosen in 93_tiny_recipe (valid split):
                   # DiT-XS/4 (16 tokens) affords 4x the steps of DiT-XS/2 in the same seconds; the xs encoder keeps
                   # the representation model within 1.5x of the unconditional one
-                  tokenizer='pca', pca_patch=4, pca_components=4, pretrain_model='DiT-XS/4', pretrain_steps=1200,
+                  tokenizer='pca', pca_patch=4, pca_components=4, pretrain_model='DiT-XS/4', pretrain_steps=1000,
                   pretrain_batch_size=32, pretrain_lr=2e-4, pretrain_ema_decay=0.999, encoder_size='xs', r_dim=64,
                   audit_r_widths=[64], audit_images=256,
                   # 02_classify: tuning, a 16-entry noise bank, CPU-sized baselines (ResNet-18, ViT-Ti) and DINOv2
-                  seeds=[0], tune_steps=800, tune_batch_size=32, tune_lr=3e-4, tune_ema_decay=0.995, tune_eval_every=200,
+                  seeds=[0], tune_steps=600, tune_batch_size=32, tune_lr=3e-4, tune_ema_decay=0.995, tune_eval_every=200,
                   tune_balance='sampler', tune_label_init='auto', tune_valid_n_t=8, dc_n_t=8, dc_n_eps=2, dc_min_band=0,
                   dc_batch_size=64, adaptive_z=2.0, adaptive_min_samples=2, adaptive_chunk=1, cnn='resnet18', vit='vit_tiny',
                   vit_patch=16, baseline_epochs=3, baseline_batch_size=32, baseline_lr=1e-3, dino_arch='vit_tiny', dino_steps=20,
