@@ -42,19 +42,24 @@ class NoiseBank:
     def __len__(self): return len(self.t)
     def __repr__(self): return f"NoiseBank(K={len(self)}, t in [{int(self.t.min())}, {int(self.t.max())}], shape={tuple(self.eps.shape[1:])}, {self.meta})"
 
-def make_bank(latent_shape, n_t: int = 50, n_eps: int = 1, t_range=(0, 999), seed: int = 0) -> NoiseBank:
-    """`n_t` timesteps evenly spaced over `t_range` (inclusive; rounded to integers, distinct), each with `n_eps`
-    standard normal ε of shape `latent_shape`; ordered for adaptive use (van der Corput over t, one round per ε)."""
-    lo, hi = (int(v) for v in t_range)
-    if not 0 <= lo <= hi: raise ValueError(f"t_range must be (lo, hi) with 0 <= lo <= hi, got {t_range}")
+def make_bank(latent_shape, n_t: int = 50, n_eps: int = 1, t_range=None, seed: int = 0, T: int = 1000) -> NoiseBank:
+    """`n_t` timesteps, each with `n_eps` standard normal ε of shape `latent_shape`: by default the midpoints of n_t equal
+    strata of [0, T) (rounded down); with `t_range` = (lo, hi), evenly spaced over it (inclusive; rounded, distinct).
+    Ordered for adaptive use (van der Corput over t, one round per ε)."""
     if n_t < 1 or n_eps < 1: raise ValueError(f"n_t and n_eps must be >= 1, got {n_t}, {n_eps}")
-    if n_t > hi - lo + 1: raise ValueError(f"n_t={n_t} distinct timesteps do not fit in t_range {t_range}")
-    grid = np.unique(np.round(np.linspace(lo, hi, n_t)).astype(int))
+    if t_range is None:
+        if n_t > T: raise ValueError(f"n_t={n_t} distinct timesteps do not fit in [0, {T})")
+        grid, how = np.floor((np.arange(n_t) + 0.5) * T / n_t).astype(int), 'midpoints'
+    else:
+        lo, hi = (int(v) for v in t_range)
+        if not 0 <= lo <= hi: raise ValueError(f"t_range must be (lo, hi) with 0 <= lo <= hi, got {t_range}")
+        if n_t > hi - lo + 1: raise ValueError(f"n_t={n_t} distinct timesteps do not fit in t_range {t_range}")
+        grid, how = np.unique(np.round(np.linspace(lo, hi, n_t)).astype(int)), 'inclusive'
     order = van_der_corput_order(len(grid))
     t = torch.tensor([grid[j] for _ in range(n_eps) for j in order], dtype=torch.long)
     g = torch.Generator().manual_seed(seed)
     eps = torch.randn((len(t), *latent_shape), generator=g)
-    return NoiseBank(t, eps, dict(n_t=len(grid), n_eps=n_eps, t_range=(lo, hi), seed=seed))
+    return NoiseBank(t, eps, dict(n_t=len(grid), n_eps=n_eps, t_range=(int(grid.min()), int(grid.max())), grid=how, seed=seed))
 
 # %% ../nbs/08_classify.ipynb #f3aaa0b4
 @dataclass
