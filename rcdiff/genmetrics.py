@@ -50,18 +50,18 @@ def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     d = (a * a).sum(1)[:, None] - 2 * a @ b.T + (b * b).sum(1)[None, :]
     return np.maximum(d, 0.)
 
-def manifold_radii(feats, k: int = 3, batch_size: int = 10_000) -> np.ndarray:
+def manifold_radii(feats, k: int = 3, batch_size: int = 1000) -> np.ndarray:
     "Squared distance of every point to its k-th nearest neighbour in `feats`, itself not counted (ADM's `manifold_radii`)."
     f = _features(feats, 'feats').astype(np.float64)
     if not 1 <= k < len(f): raise ValueError(f"k must be in [1, {len(f) - 1}] for {len(f)} points, got {k}")
     radii = np.empty(len(f))
     for i in range(0, len(f), batch_size):
-        d = np.concatenate([_sq_dists(f[i:i + batch_size], f[j:j + batch_size]) for j in range(0, len(f), batch_size)], 1)
+        d = _sq_dists(f[i:i + batch_size], f)                          # batch_size rows x all points
         # index 0 of the sorted row is the point itself (distance 0), so index k is its k-th neighbour
         radii[i:i + batch_size] = np.partition(d, k, axis=1)[:, k]
     return radii
 
-def precision_recall(ref_feats, sample_feats, k: int = 3, batch_size: int = 10_000) -> tuple[float, float]:
+def precision_recall(ref_feats, sample_feats, k: int = 3, batch_size: int = 1000) -> tuple[float, float]:
     """(precision, recall) of `sample_feats` against `ref_feats` (n, d) with k-NN manifolds, as ADM's
     `ManifoldEstimator.evaluate_pr`: squared distances, `<=`, blocks of `batch_size` rows × columns."""
     ref, smp = _features(ref_feats, 'ref_feats').astype(np.float64), _features(sample_feats, 'sample_feats').astype(np.float64)
