@@ -22,16 +22,21 @@ def _as_t(t, device=None) -> torch.Tensor:
     if t.is_floating_point() or t.is_complex(): raise TypeError(f"timesteps must be integers, got dtype {t.dtype}")
     return t.long().reshape(-1)
 
-def _gen(generator, what='this') -> torch.Generator:
-    "A `torch.Generator` from a generator or an int seed; never the global RNG."
+def _gen(generator, what='this', n: int | None = None) -> torch.Generator | list:
+    "A `torch.Generator` from a generator or an int seed; never the global RNG. Given `n`, also a list of n generators (one per sample)."
     if isinstance(generator, torch.Generator): return generator
+    if n is not None and isinstance(generator, (list, tuple)):
+        if len(generator) != n or not all(isinstance(x, torch.Generator) for x in generator):
+            raise ValueError(f"{what}: a list of generators needs exactly one torch.Generator per sample ({n}), got {len(generator)} items")
+        return list(generator)
     if isinstance(generator, (int, np.integer)) and not isinstance(generator, bool):
         return torch.Generator().manual_seed(int(generator))
     raise TypeError(f"{what} needs a torch.Generator or an int seed (got {type(generator).__name__}); "
                     "nothing here reads the global RNG")
 
 def _randn(shape, generator, device, dtype) -> torch.Tensor:
-    "Standard normal noise drawn on the generator's device, then moved to `device`."
+    "Standard normal noise drawn on the generator's device, then moved to `device`; a list of generators draws one sample each."
+    if isinstance(generator, list): return torch.cat([_randn((1, *shape[1:]), g, device, dtype) for g in generator])
     return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
 
 def eps_part(out: torch.Tensor, C: int) -> torch.Tensor:
@@ -151,7 +156,8 @@ def sample(self: Diffusion, model_fn: Callable[[torch.Tensor, torch.Tensor], tor
     """Reverse diffusion with diffusers' DDPM or DDIM scheduler, from pure noise or (partial denoising) from `start`,
     a z_t at timestep `t_start`. `model_fn(z_t, t)` returns the ε prediction (2C channels: the first C are used).
     Timesteps: `timesteps(steps, t_start)`. `generator` (or an int seed) draws the initial noise and the DDPM/DDIM
-    (eta > 0) step noise; it may be omitted only for DDIM with eta = 0 from a given `start`. Returns z0, shape `shape`."""
+    (eta > 0) step noise; it may be omitted only for DDIM with eta = 0 from a given `start`. A list of one generator per
+    sample makes each sample's noise independent of the batch it is in. Returns z0, shape `shape`."""
     if start is None:
         if shape is None: raise ValueError("give a `shape` to sample from noise, or a `start` latent")
         if t_start is not None and t_start != self.T - 1:
@@ -159,7 +165,8 @@ def sample(self: Diffusion, model_fn: Callable[[torch.Tensor, torch.Tensor], tor
     elif shape is not None and tuple(shape) != tuple(start.shape):
         raise ValueError(f"shape {tuple(shape)} does not match start.shape {tuple(start.shape)}")
     stochastic = start is None or sampler == 'ddpm' or eta > 0
-    g = _gen(generator, f"sample(sampler={sampler!r}, eta={eta})") if stochastic or generator is not None else None
+    n = shape[0] if start is None else len(start)
+    g = _gen(generator, f"sample(sampler={sampler!r}, eta={eta})", n) if stochastic or generator is not None else None
     ts = self.timesteps(steps, t_start)
     sched = self.scheduler(sampler)
     if sampler == 'ddpm':
@@ -172,7 +179,7 @@ def sample(self: Diffusion, model_fn: Callable[[torch.Tensor, torch.Tensor], tor
         assert self.T // sched.num_inference_steps == s
         kw = dict(eta=eta, generator=g if eta > 0 else None)
     if start is None:
-        device = device or (g.device if g is not None else 'cpu')
+        device = device or (g[0] if isinstance(g, list) else g).device
         z = _randn(tuple(shape), g, device, dtype or torch.float32) * sched.init_noise_sigma
     else:
         z = start.to(device=device or start.device, dtype=dtype or start.dtype)

