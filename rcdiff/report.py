@@ -31,9 +31,9 @@ PRESETS = {
                   dc_batch_size=64, adaptive_z=2.0, adaptive_min_samples=2, adaptive_chunk=1, cnn='resnet18', vit='vit_tiny',
                   vit_patch=16, baseline_epochs=3, baseline_batch_size=32, baseline_lr=1e-3, dino_arch='vit_tiny', dino_steps=20,
                   dino_batch_size=16, dino_local_crops=2, n_boot=2000,
-                  # 03_generate: a few hundred samples per model with DDIM (FID is biased at this N: the run prints a
+                  # 03_generate: 150 samples per model with DDIM (FID is biased at this N: the run prints a
                   # real-vs-real floor); the EMA of 1,000 steps at 0.999 still holds 37 % of the initial weights → raw
-                  gen_samples=300, gen_sampler='ddim', gen_steps=50, gen_weights='auto', gen_batch_size=100, fid_weights='',
+                  gen_samples=150, gen_sampler='ddim', gen_steps=50, gen_weights='auto', gen_batch_size=100, fid_weights='',
                   fid_batch_size=50, partial_t=100, partial_images=3),
     'paper': dict(phantom='paper', phantom_seed=0, phantom_overrides={}, seed=0, image_size=256, pretrain_fraction=None,
                   # 01_pretrain: Table 2 of the RC-LDT paper (DiT-B/2, batch 16, lr 1e-4, 4x32x32 latents: give the
