@@ -251,7 +251,7 @@ def test_tiny_recipe_study_runs_end_to_end(tmp_path):
     assert m['valid_images'] == 20 and m['positive_class'] == 'hematoma'
 
 
-def _npz(path, a, key='arr_0'):
+def _adm_npz(path, a, key='arr_0'):
     import numpy as np
     np.savez(path, **{key: a}); return path
 
@@ -259,14 +259,14 @@ def _npz(path, a, key='arr_0'):
 def test_evaluate_rejects_bad_input_with_one_line_and_writes_nothing(tmp_path, capsys):
     import numpy as np
     g = np.random.default_rng(0)
-    good = _npz(tmp_path/'good.npz', g.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8))
+    good = _adm_npz(tmp_path/'good.npz', g.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8))
     cases = {
         'missing': (tmp_path/'nope.npz', 'no such file'),
-        'no arr_0': (_npz(tmp_path/'k.npz', g.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8), key='images'), "no array 'arr_0'"),
-        'dtype': (_npz(tmp_path/'f.npz', g.random((4, 16, 16, 3)).astype(np.float32)), 'uint8'),
-        'shape': (_npz(tmp_path/'s.npz', g.integers(0, 256, (4, 16, 16), dtype=np.uint8)), 'shape'),
-        'one image': (_npz(tmp_path/'o.npz', g.integers(0, 256, (1, 16, 16, 3), dtype=np.uint8)), 'at least 2'),
-        'other size': (_npz(tmp_path/'z.npz', g.integers(0, 256, (4, 20, 20, 3), dtype=np.uint8)), 'one size'),
+        'no arr_0': (_adm_npz(tmp_path/'k.npz', g.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8), key='images'), "no array 'arr_0'"),
+        'dtype': (_adm_npz(tmp_path/'f.npz', g.random((4, 16, 16, 3)).astype(np.float32)), 'uint8'),
+        'shape': (_adm_npz(tmp_path/'s.npz', g.integers(0, 256, (4, 16, 16), dtype=np.uint8)), 'shape'),
+        'one image': (_adm_npz(tmp_path/'o.npz', g.integers(0, 256, (1, 16, 16, 3), dtype=np.uint8)), 'at least 2'),
+        'other size': (_adm_npz(tmp_path/'z.npz', g.integers(0, 256, (4, 20, 20, 3), dtype=np.uint8)), 'one size'),
     }
     for name, (bad, words) in cases.items():
         capsys.readouterr()
@@ -281,7 +281,7 @@ def test_evaluate_rejects_bad_input_with_one_line_and_writes_nothing(tmp_path, c
 def test_evaluate_scores_two_sets_and_never_overwrites(tmp_path, capsys):
     import numpy as np
     g = np.random.default_rng(1)
-    ref = _npz(tmp_path/'ref.npz', g.integers(0, 256, (6, 16, 16, 1), dtype=np.uint8))
+    ref = _adm_npz(tmp_path/'ref.npz', g.integers(0, 256, (6, 16, 16, 1), dtype=np.uint8))
     smp = tmp_path/'smp'; smp.mkdir()
     from PIL import Image
     for i in range(6): Image.fromarray(g.integers(0, 256, (16, 16), dtype=np.uint8)).save(smp/f'{i}.png')
