@@ -101,15 +101,14 @@ def evaluate(
     taken = [f for f in (dest/'metrics.csv', dest/'metrics.md') if f.exists()]
     if taken: return _fail([f"{taken[0]} exists: results are never overwritten; choose another --out"])
     if dest.exists() and not dest.is_dir(): return _fail([f"{dest} exists and is not a folder"])
-    import numpy as np, pandas as pd
+    import pandas as pd
     from rcdiff.inception import load_fid_inception, extract_features, WeightsError
     from rcdiff.genmetrics import generation_metrics
     from rcdiff.report import to_markdown
     try: net = load_fid_inception(weights)
     except (WeightsError, FileNotFoundError, ModuleNotFoundError) as e: return _fail([str(e)])
-    rgb = lambda a: np.repeat(a, 3, axis=-1) if a.shape[-1] == 1 else a
-    m = generation_metrics(extract_features(net, rgb(x_r), batch_size, progress=True),
-                           extract_features(net, rgb(x_s), batch_size, progress=True), k=k)
+    m = generation_metrics(extract_features(net, x_r, batch_size, progress=True),     # grey is repeated to RGB there
+                           extract_features(net, x_s, batch_size, progress=True), k=k)
     row = pd.DataFrame([dict(samples=str(samples), reference=str(ref), **m, k=k, network=net.name,
                              is_note='' if m['inception_score'] is not None else 'no final layer in these weights')])
     for key in ('n_samples', 'n_ref', 'fid', 'sfid', 'inception_score', 'precision', 'recall'):
