@@ -1,4 +1,7 @@
-"Tests of rcdiff.metrics against scikit-learn, bootstrap intervals, prior calibration, paired comparisons, recall by subgroup."
+"""Tests of rcdiff.metrics against scikit-learn, bootstrap intervals, prior calibration, paired comparisons, recall by subgroup,
+and the multi-class metrics (macro averages, one-vs-rest AUROC, confusion matrix, bootstrap and paired intervals)."""
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -6,6 +9,8 @@ from sklearn import metrics as skm
 
 from rcdiff.metrics import (BINARY_METRICS, PriorCalibration, binary_metrics, bootstrap_ci, ci_table, claims_table,
                             false_positive_rate_by_group, fmt_ci, paired_bootstrap, recall_by_group, verdict)
+from rcdiff.metrics import (MULTICLASS_METRICS, confusion_matrix, multiclass_bootstrap_ci, multiclass_ci_table,
+                            multiclass_metrics, multiclass_paired_bootstrap, plot_confusion)
 
 
 def _data(n, seed, prev=0.16):
@@ -176,3 +181,195 @@ def test_recall_by_group_intervals_and_errors():
     with pytest.raises(ValueError, match="preds\\['z'\\] has 10"): recall_by_group(y, dict(z=preds['z'][:-1]), g)
     with pytest.raises(ValueError, match='blend_sign'): recall_by_group(y, preds, g, columns=['blend_sign'])
     with pytest.raises(ValueError, match='hard_neg'): false_positive_rate_by_group(y, preds, g, columns='hard_neg')
+
+
+# ---------------------------------------------------------------- more than two classes
+
+
+def _mc(n, C, seed, sep=1.):
+    "n images of C classes; logits with the true class raised by `sep`; argmax predictions; softmax scores."
+    r = np.random.default_rng(seed)
+    y = r.integers(0, C, n)
+    logits = r.normal(size=(n, C)) + sep * np.eye(C)[y]
+    proba = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return y, logits.argmax(1), proba
+
+
+@pytest.mark.parametrize('C,seed', [(3, 0), (3, 1), (4, 2), (4, 3)])
+def test_multiclass_metrics_match_sklearn(C, seed):
+    y, p, P = _mc(250, C, seed)
+    m = multiclass_metrics(y, p, P)
+    names = [str(c) for c in range(C)]
+    assert list(m) == list(MULTICLASS_METRICS) + [f'recall[{c}]' for c in names] + [f'auroc[{c}]' for c in names]
+    assert m['accuracy'] == skm.accuracy_score(y, p)
+    assert m['precision'] == pytest.approx(skm.precision_score(y, p, average='macro', zero_division=0), abs=1e-12)
+    assert m['recall'] == pytest.approx(skm.recall_score(y, p, average='macro', zero_division=0), abs=1e-12)
+    assert m['f1'] == pytest.approx(skm.f1_score(y, p, average='macro', zero_division=0), abs=1e-12)
+    assert m['balanced_accuracy'] == pytest.approx(skm.balanced_accuracy_score(y, p), abs=1e-12)
+    rec = skm.recall_score(y, p, average=None)
+    for c in range(C):
+        assert m[f'recall[{c}]'] == pytest.approx(rec[c], abs=1e-12)
+        assert m[f'auroc[{c}]'] == skm.roc_auc_score(y == c, P[:, c])
+    assert m['auroc'] == pytest.approx(skm.roc_auc_score(y, P, multi_class='ovr', average='macro'), abs=1e-12)
+    assert (confusion_matrix(y, p, C) == skm.confusion_matrix(y, p, labels=list(range(C)))).all()
+
+
+def test_multiclass_names_and_a_class_never_predicted():
+    y, p, P = _mc(120, 3, 4, sep=.3)
+    p = np.where(p == 2, 0, p)                                   # class 2 never predicted: precision 0 for it
+    m = multiclass_metrics(y, p, P, class_names=['benign', 'malignant', 'normal'])
+    assert m['recall[normal]'] == 0 and 'auroc[benign]' in m
+    assert m['precision'] == pytest.approx(skm.precision_score(y, p, average='macro', zero_division=0), abs=1e-12)
+    assert m['f1'] == pytest.approx(skm.f1_score(y, p, average='macro', zero_division=0), abs=1e-12)
+
+
+def test_multiclass_two_classes_equal_binary():
+    y, p, P = _mc(300, 2, 5)
+    mb, mm = binary_metrics(y, p, P[:, 1]), multiclass_metrics(y, p, P)
+    assert mm['accuracy'] == mb['accuracy']
+    assert mm['balanced_accuracy'] == pytest.approx(mb['balanced_accuracy'], abs=1e-12)
+    assert mm['recall[1]'] == mb['recall'] and mm['recall[0]'] == mb['specificity']
+    assert mm['auroc[1]'] == mb['auroc'] and mm['auroc'] == pytest.approx(mb['auroc'], abs=1e-12)
+
+
+def test_multiclass_auroc_needs_only_a_ranking_and_skips_absent_classes():
+    y, p, P = _mc(200, 4, 6)
+    m = multiclass_metrics(y, p, P)
+    assert multiclass_metrics(y, p, 5 * np.log(P) + 2) == m                     # rows no longer sum to 1
+    keep = y != 1
+    m3 = multiclass_metrics(y[keep], p[keep], P[keep], num_classes=4)
+    assert np.isnan(m3['auroc[1]']) and np.isnan(m3['recall[1]'])
+    present = [skm.roc_auc_score(y[keep] == c, P[keep, c]) for c in (0, 2, 3)]
+    assert m3['auroc'] == pytest.approx(np.mean(present), abs=1e-12)
+    with pytest.raises(ValueError): skm.roc_auc_score(y[keep], P[keep], multi_class='ovr')   # sklearn refuses this case
+    assert np.isnan(multiclass_metrics(np.ones(6, int), np.ones(6, int), np.ones((6, 3)))['auroc'])
+    assert all(np.isnan(v) for k, v in multiclass_metrics(y, p).items() if k.startswith('auroc'))
+
+
+def test_confusion_matrix_rows_are_true_classes():
+    cm = confusion_matrix([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 0, 2], 4)
+    assert cm.tolist() == [[1, 1, 0, 0], [0, 1, 0, 0], [1, 0, 2, 0], [0, 0, 0, 0]]
+    assert confusion_matrix([0, 1, 2], [2, 1, 0]).shape == (3, 3)                # C from the largest label
+
+
+def test_plot_confusion():
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    cm = np.array([[8, 2, 0], [1, 5, 4], [0, 0, 0]])
+    fig, ax = plt.subplots()
+    assert plot_confusion(cm, ['a', 'b', 'c'], ax=ax) is ax
+    texts = [t.get_text() for t in ax.texts]
+    assert len(texts) == 9 and texts[0] == '8\n80%' and texts[5] == '4\n40%' and texts[8] == '0\n0%'   # empty row: 0
+    assert ax.get_xlabel() == 'predicted class' and ax.get_ylabel() == 'true class' and '20 images' in ax.get_title()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ['a', 'b', 'c']
+    ax2 = plot_confusion(cm, None, normalize=False, title='counts')
+    assert [t.get_text() for t in ax2.texts][:2] == ['8', '2'] and ax2.get_title() == 'counts'
+    with pytest.raises(ValueError, match='square'): plot_confusion(cm[:2], ['a', 'b'])
+    with pytest.raises(ValueError, match='class_names'): plot_confusion(cm, ['a', 'b'])
+    plt.close('all')
+
+
+def test_multiclass_bootstrap_contains_point_is_seeded_and_fast():
+    y, p, P = _mc(1000, 3, 7)
+    t0 = time.perf_counter()
+    ci = multiclass_bootstrap_ci(y, p, P, n_boot=2000, seed=1, class_names=['x', 'y', 'z'])
+    assert time.perf_counter() - t0 < 10                                          # ~1 s on one core
+    point = multiclass_metrics(y, p, P, class_names=['x', 'y', 'z'])
+    assert list(ci) == list(point) and all(ci[k][0] == point[k] for k in point)
+    assert all(lo <= v + 1e-12 and v <= hi + 1e-12 and lo < hi for v, lo, hi in ci.values())
+    assert ci == multiclass_bootstrap_ci(y, p, P, n_boot=2000, seed=1, class_names=['x', 'y', 'z'])
+    other = multiclass_bootstrap_ci(y, p, P, n_boot=2000, seed=2, class_names=['x', 'y', 'z'])
+    assert other['accuracy'][0] == ci['accuracy'][0] and other['accuracy'][1:] != ci['accuracy'][1:]
+
+
+def test_multiclass_bootstrap_equals_brute_force_loop():
+    r = np.random.default_rng(13)
+    y = np.r_[np.zeros(10, int), np.ones(8, int), 2, 2]                          # class 2 often resampled away
+    P = np.round(r.random((20, 3)) + .5 * np.eye(3)[y], 1)                        # rounded: ties
+    P[y == 2, 2] = 2.; p = P.argmax(1)                                             # class 2 always found when present
+    P = np.c_[P, np.full(20, -1.)]                                                  # class 3: neither true nor predicted
+    ci = multiclass_bootstrap_ci(y, p, P, n_boot=80, seed=4)
+    assert np.isnan(ci['auroc[3]']).all() and np.isnan(ci['recall[3]']).all()
+    assert ci['recall[2]'] == (1., 1., 1.)                                         # resamples without class 2 left out
+    vals = {k: [] for k in ci}
+    for i in np.random.default_rng(4).integers(0, 20, size=(80, 20)):           # bootstrap_ci's resampling convention
+        for k, v in multiclass_metrics(y[i], p[i], P[i], num_classes=4).items():
+            if np.isfinite(v): vals[k].append(v)
+    assert 0 < len(vals['auroc[2]']) < 80
+    for k, v in vals.items():
+        if k in ('auroc[3]', 'recall[3]'): assert not v; continue
+        assert ci[k][1:] == pytest.approx(tuple(np.percentile(v, [2.5, 97.5])), abs=1e-12), k
+
+
+def test_multiclass_paired_identical_classifiers_differ_by_zero():
+    y, p, P = _mc(200, 3, 8)
+    got = multiclass_paired_bootstrap(y, p, p, P, P, metrics=list(MULTICLASS_METRICS) + ['recall[2]', 'auroc[0]'], n_boot=300)
+    assert (got.difference == 0).all() and (got.low == 0).all() and (got.high == 0).all()
+    assert ((got.low <= 0) & (0 <= got.high)).all() and (got.n_boot_used == 300).all()
+    assert list(got.columns) == ['a', 'b', 'difference', 'low', 'high', 'n_boot_used', 'n_images']
+
+
+def test_multiclass_paired_equals_brute_force_loop():
+    r = np.random.default_rng(14)
+    y = r.integers(0, 3, 24)
+    L_a, L_b = np.round(r.normal(size=(24, 3)) + 1.5 * np.eye(3)[y], 1), np.round(r.normal(size=(24, 3)) + .3 * np.eye(3)[y], 1)
+    ms = ('auroc', 'accuracy', 'balanced_accuracy', 'auroc[1]')
+    got = multiclass_paired_bootstrap(y, L_a.argmax(1), L_b.argmax(1), L_a, L_b, metrics=ms, n_boot=60, seed=5)
+    ref = {k: [] for k in ms}
+    for i in np.random.default_rng(5).integers(0, 24, size=(60, 24)):
+        a = multiclass_metrics(y[i], L_a[i].argmax(1), L_a[i], num_classes=3)
+        b = multiclass_metrics(y[i], L_b[i].argmax(1), L_b[i], num_classes=3)
+        for k in ms:
+            if np.isfinite(a[k] - b[k]): ref[k].append(a[k] - b[k])
+    for k, d in ref.items():
+        assert got.loc[k, 'n_boot_used'] == len(d)
+        assert (got.loc[k, 'low'], got.loc[k, 'high']) == pytest.approx(tuple(np.percentile(d, [2.5, 97.5])), abs=1e-12)
+        assert got.loc[k, 'a'] == multiclass_metrics(y, L_a.argmax(1), L_a)[k]
+    ref_acc = [skm.accuracy_score(y[i], L_a[i].argmax(1)) - skm.accuracy_score(y[i], L_b[i].argmax(1))
+               for i in np.random.default_rng(5).integers(0, 24, size=(60, 24))]
+    assert got.loc['accuracy', 'high'] == pytest.approx(np.percentile(ref_acc, 97.5), abs=1e-12)
+
+
+def test_multiclass_ci_table():
+    y, p, P = _mc(150, 3, 9)
+    ci = multiclass_bootstrap_ci(y, p, P, n_boot=200, class_names=['b', 'm', 'n'])
+    wide, long = multiclass_ci_table({'A': ci, 'B': ci})
+    assert list(wide.index) == list(ci) and list(wide.columns) == ['A', 'B'] and len(long) == 2 * len(ci)
+    assert wide.loc['accuracy', 'A'] == fmt_ci(*ci['accuracy'])
+    assert list(long.columns) == ['classifier', 'metric', 'value', 'low', 'high']
+    one, _ = multiclass_ci_table(ci, metrics=['auroc', 'recall[m]'])
+    assert one.shape == (2, 1) and one.loc['recall[m]', 'value'] == fmt_ci(*ci['recall[m]'])
+    with pytest.raises(ValueError, match='mcc'): multiclass_ci_table(ci, metrics=['mcc'])
+
+
+@pytest.mark.parametrize('call,msg', [
+    (lambda y, p, P: multiclass_metrics(np.r_[y[:-1], 3], p, P), r'y_true has labels \[3\] outside \[0, 3\)'),
+    (lambda y, p, P: multiclass_metrics(y, np.r_[p[:-1], -1], P), r'y_pred has labels \[-1\]'),
+    (lambda y, p, P: multiclass_metrics(y, p, P[:, :2], num_classes=3), r'proba must have shape'),
+    (lambda y, p, P: multiclass_metrics(y, p, P[:-1]), r'\(20, 3\)'),
+    (lambda y, p, P: multiclass_metrics(y, p, P[:, 0]), r'\(N, C\) score matrix'),
+    (lambda y, p, P: multiclass_metrics(y * 0, p * 0), r'C >= 2'),
+    (lambda y, p, P: multiclass_metrics(y, p, P, num_classes=1), r'C >= 2'),
+    (lambda y, p, P: multiclass_metrics(y, p[:-1], P), r'lengths'),
+    (lambda y, p, P: multiclass_metrics(y + .5, p, P), r'integer class indices'),
+    (lambda y, p, P: multiclass_metrics(y, p, P, class_names=['a', 'a', 'b']), r'class_names'),
+    (lambda y, p, P: multiclass_metrics([], [], None, 3), r'no images'),
+    (lambda y, p, P: confusion_matrix(y, p, 2), r'outside \[0, 2\)'),
+    (lambda y, p, P: multiclass_bootstrap_ci(y, p, P, alpha=1.), r'alpha'),
+    (lambda y, p, P: multiclass_paired_bootstrap(y, p, p[:-1], P, P), r'lengths'),
+    (lambda y, p, P: multiclass_paired_bootstrap(y, p, p, P, P[:, :2]), r'proba_b must have shape'),
+    (lambda y, p, P: multiclass_paired_bootstrap(y, p, p, P, P, metrics=('accuracy', 'mcc')), r'mcc'),
+])
+def test_multiclass_bad_input(call, msg):
+    y, p, P = _mc(20, 3, 10)
+    with pytest.raises(ValueError, match=msg): call(y, p, P)
+
+
+def test_multiclass_accepts_tensors_and_lists():
+    torch = pytest.importorskip('torch')
+    y, p, P = _mc(60, 3, 15)
+    ref = multiclass_metrics(y, p, P)
+    assert multiclass_metrics(torch.tensor(y), torch.tensor(p), torch.tensor(P)) == ref
+    assert multiclass_metrics(y.tolist(), p.tolist(), P.tolist()) == ref
+    assert multiclass_metrics(y.astype(float), p, P) == ref                       # integral floats are labels too
