@@ -16,9 +16,9 @@ from PIL import Image, ImageFile
 from .phantom import WINDOWS, apply_window
 
 # %% auto #0
-__all__ = ['SPLITS', 'DOWNSTREAM', 'NPZ_SPLITS', 'LOADER_VERSION', 'NPZ_PRETRAIN_FRACTION', 'DataError', 'load_table', 'channels',
-           'load_image', 'cache_dir', 'load_images', 'make_splits', 'CheckReport', 'check_data', 'PretrainLabelsError',
-           'Dataset', 'reads_negative', 'choose_positive']
+__all__ = ['SPLITS', 'DOWNSTREAM', 'NPZ_SPLITS', 'LOADER_VERSION', 'NPZ_PRETRAIN_FRACTION', 'DataError', 'load_table',
+           'multiclass_column', 'channels', 'load_image', 'cache_dir', 'load_images', 'make_splits', 'CheckReport',
+           'check_data', 'PretrainLabelsError', 'Dataset', 'reads_negative', 'choose_positive']
 
 # %% ../nbs/01_data.ipynb #b3402c8d
 SPLITS = ('pretrain', 'train', 'valid', 'test')
@@ -57,14 +57,14 @@ def _as_labels(s: pd.Series) -> pd.Series:
         return out.astype('int64') if out.notna().all() else out
     return s.astype(object)
 
-def _csv_table(path: Path) -> pd.DataFrame:
-    try: df = pd.read_csv(path, dtype={c: str for c in _CSV_STR}, skipinitialspace=True)
+def _csv_table(path: Path, label_column: str = 'label') -> pd.DataFrame:
+    try: df = pd.read_csv(path, dtype={c: str for c in (*_CSV_STR, label_column)}, skipinitialspace=True)
     except pd.errors.EmptyDataError:
         raise DataError(f"{path.name}: empty csv (no header line); it needs at least the columns 'path' and 'label'") from None
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
         raise DataError(f"{path.name}: cannot be read as a csv table ({_one_line(e)})") from None
     df.columns = [str(c).strip() for c in df.columns]
-    missing = [c for c in ('path', 'label') if c not in df.columns]
+    missing = [c for c in ('path', label_column) if c not in df.columns]
     if missing:
         raise DataError(f"{path.name}: missing required column{'s' if len(missing) > 1 else ''} "
                         f"{' and '.join(repr(c) for c in missing)} (columns found: {', '.join(df.columns) or 'none'})")
@@ -73,9 +73,13 @@ def _csv_table(path: Path) -> pd.DataFrame:
             s = df[c].astype(object).map(lambda v: v.strip() if isinstance(v, str) else v)
             df[c] = s.map(lambda v: np.nan if v == '' else v)
     df['path'] = df['path'].map(lambda p: _resolve(p, str(path.parent)))
+    if label_column != 'label':   # another column is the task's label (the phantom's 3-class `location`)
+        s = df[label_column].astype(object).map(lambda v: v.strip() if isinstance(v, str) else v)
+        if 'label' in df.columns: df = df.rename(columns={'label': 'label_original'})
+        df['label'] = s.map(lambda v: np.nan if v == '' else v)
     df['label'] = _as_labels(df['label'])
     df['row'] = np.arange(1, len(df) + 1)
-    df.attrs.update(kind='csv', name=path.name, root=str(path.parent))
+    df.attrs.update(kind='csv', name=path.name, root=str(path.parent), label_column=label_column)
     return df
 
 # %% ../nbs/01_data.ipynb #fea31b91
@@ -119,11 +123,23 @@ def _npz_table(path: Path) -> pd.DataFrame:
     df.attrs.update(kind='npz', name=path.name, root=str(path.parent))
     return df
 
-def load_table(path) -> pd.DataFrame:
-    "Read a `labels.csv` or a MedMNIST `.npz` into a table with absolute `path`s and a 1-based `row`; checks only the columns."
+def load_table(path, label_column: str = 'label') -> pd.DataFrame:
+    """Read a `labels.csv` or a MedMNIST `.npz` into a table with absolute `path`s and a 1-based `row`; checks only the columns.
+    `label_column` names the csv column that holds the task's classes (it becomes `label`; the old `label`, if any,
+    is kept as `label_original`); an npz has one label per image, so it only accepts 'label'."""
     path = Path(path).expanduser().absolute()
     if not path.is_file(): raise DataError(f"{path}: no such file")
-    return _npz_table(path) if path.suffix.lower() == '.npz' else _csv_table(path)
+    if not isinstance(label_column, str) or not label_column:
+        raise DataError(f"label_column must be a column name, not {label_column!r}")
+    if path.suffix.lower() == '.npz':
+        if label_column != 'label':
+            raise DataError(f"{path.name}: an npz has one label per image; label_column must be 'label', not {label_column!r}")
+        return _npz_table(path)
+    return _csv_table(path, label_column)
+
+def multiclass_column(columns, requested: str = '') -> str:
+    "The label column of a multi-class experiment: `requested`, else `location` if there is one (the phantom's 3-class task), else `label`."
+    return requested or ('location' if 'location' in list(columns) else 'label')
 
 # %% ../nbs/01_data.ipynb #a405a77c
 _PIL_EXT = {'.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.gif', '.webp'}
@@ -520,10 +536,10 @@ def _summary(table, classes, name, rule) -> str:
 
 # %% ../nbs/01_data.ipynb #7af19885
 def check_data(path, classes=None, seed=0, downstream_facility=None, pretrain_fraction=None,
-               window='brain', size=None, verbose=False, progress=False) -> CheckReport:
+               window='brain', size=None, verbose=False, progress=False, label_column='label') -> CheckReport:
     "Check a labels.csv / npz dataset completely (table, splits, labels, every image) and report all problems at once."
     path = Path(path)
-    try: df = load_table(path)
+    try: df = load_table(path, label_column)
     except DataError as e:
         rep = CheckReport(False, e.problems, f"{path.name}: could not be read", pd.DataFrame(columns=['path', 'label', 'split']))
         if verbose: print(rep)
@@ -592,6 +608,13 @@ def check_data(path, classes=None, seed=0, downstream_facility=None, pretrain_fr
         w = (f"image {str(p).partition('::')[2]}" if table.attrs.get('kind') == 'npz' else _rows(at[p]))
         P.append(f"{w}: missing file '{show(p)}'" if kind == 'missing' else f"{w}: cannot decode '{show(p)}': {msg}")
     cl = _classes(table, classes, down)
+    # classes: a task needs two, and every class needs training images
+    if not table['label'].isna().all() and len(cl) < 2:
+        P.append(f"only one class ({', '.join(map(str, cl))}) in the downstream splits: classification needs at least 2")
+    if split_ok or given:
+        tr = lab[table['split'] == 'train']
+        for c in cl:
+            if not (tr == str(c)).any(): P.append(f"class '{c}' has no image in the train split: nothing to learn it from")
     summary = _summary(table, cl, name, rule)
     rep = CheckReport(not P, P, summary, table, cl)
     if verbose: print(rep)
@@ -615,10 +638,11 @@ class Dataset:
 
     @classmethod
     def open(cls, path, classes=None, seed=0, downstream_facility=None, pretrain_fraction=None,
-             window='brain', size=None, verbose=False, progress=False) -> 'Dataset':
+             window='brain', size=None, verbose=False, progress=False, label_column='label') -> 'Dataset':
         "Check `path` completely (see `check_data`); raise `DataError` listing all problems, else return the dataset."
         rep = check_data(path, classes=classes, seed=seed, downstream_facility=downstream_facility,
-                         pretrain_fraction=pretrain_fraction, window=window, size=size, verbose=verbose, progress=progress)
+                         pretrain_fraction=pretrain_fraction, window=window, size=size, verbose=verbose, progress=progress,
+                         label_column=label_column)
         if not rep.ok: raise DataError(rep.problems)
         return cls(rep.table, rep.classes, Path(path).name, rep)
 

@@ -15,9 +15,9 @@ from threadpoolctl import threadpool_limits
 
 # %% auto #0
 __all__ = ['TISSUES', 'WINDOWS', 'HEMATOMA_KINDS', 'MARKERS', 'KIND_P', 'MARKER_P', 'FACILITIES', 'MIMICS', 'PRESETS', 'COLUMNS',
-           'LABELS', 'PHANTOM_FORMAT', 'apply_window', 'smooth_field', 'AffineGrid', 'sample_head', 'level_scale',
-           'head_radii', 'sample_markers', 'sample_hematoma', 'Facility', 'render_slice', 'resolve_preset',
-           'plan_phantom', 'make_phantom']
+           'LABELS', 'LOCATIONS', 'PHANTOM_FORMAT', 'apply_window', 'smooth_field', 'AffineGrid', 'sample_head',
+           'level_scale', 'head_radii', 'sample_markers', 'sample_hematoma', 'Facility', 'render_slice',
+           'resolve_preset', 'plan_phantom', 'make_phantom']
 
 # %% ../nbs/00_phantom.ipynb #23d98f08
 TISSUES = {  # name: (lowest, highest) HU of a noise-free phantom pixel
@@ -358,9 +358,11 @@ PRESETS = {
     'tiny':  dict(size=64, render=96, pretrain=2400, train=960, valid=320, test=640, prevalence=.15,
                   slices_per_patient=(4, 10), hematoma_slices=(1, 5), mimic_p=.2),
 }
-COLUMNS = ['path', 'label', 'patient_id', 'facility', 'split', *MARKERS, 'hematoma_type', 'hard_negative', 'slice_level']
+COLUMNS = ['path', 'label', 'location', 'patient_id', 'facility', 'split', *MARKERS, 'hematoma_type', 'hard_negative', 'slice_level']
 LABELS = ('normal', 'hematoma')  # the `label` column's values: no hematoma in the slice, a hematoma in it
-PHANTOM_FORMAT = 2               # layout of labels.csv; bump when it changes (2: class names instead of 0/1)
+# the `location` column: the 3-class task of D-Cube's experiment (04_dcube), read with label_column='location'
+LOCATIONS = {'none': 'no_bleed', 'intraparenchymal': 'intra_axial', 'subdural': 'extra_axial', 'epidural': 'extra_axial'}
+PHANTOM_FORMAT = 3               # layout of labels.csv; bump when it changes (2: class names instead of 0/1; 3: `location`)
 
 def resolve_preset(preset:str='tiny', **overrides) -> dict:
     "The preset's settings with `overrides` applied; unknown presets or keys raise `ValueError`."
@@ -406,7 +408,8 @@ def _block_slices(rng, fid, split, count, first_pidx, cfg):
             mim = 'none'
             if rng.random() < cfg['mimic_p'] * (2 if z < .3 else 1):
                 mim = 'partial_volume' if z < .3 else 'calcification' if .35 < z < .9 else 'none'
-            rows.append(dict(path=f'images/{pid}_s{s:02d}.png', label=LABELS[int(pos)], patient_id=pid, facility=fid,
+            rows.append(dict(path=f'images/{pid}_s{s:02d}.png', label=LABELS[int(pos)],
+                             location=LOCATIONS[kind if pos else 'none'], patient_id=pid, facility=fid,
                              split=split, **{m: int(pos and mk[m]) for m in MARKERS},
                              hematoma_type=kind if pos else 'none', hard_negative=mim, slice_level=round(z, 4),
                              pidx=pidx, sidx=s, scale=scale, patient_kind=kind,

@@ -606,3 +606,43 @@ def test_npz_default_pretrain_fraction(tmp_path):
     rep0 = check_data(tmp_path/'m.npz', pretrain_fraction=0)
     assert rep0.ok and (rep0.table.split == 'pretrain').sum() == 0 and 'no pre-training split' in rep0.summary
     assert (check_data(tmp_path/'m.npz', pretrain_fraction=0.25).table.split == 'pretrain').sum() == 5
+
+
+# ---------------------------------------------------------------- the task's label column, classes a task needs
+def three_class_rows(root, n_patients=27):
+    "Patients cycle through three `location` classes; `label` is the binary column the phantom also has."
+    cycle = ['train'] * 6 + ['valid', 'test', 'pretrain']
+    locs = ['no_bleed', 'intra_axial', 'extra_axial']
+    rows = []
+    for p in range(n_patients):
+        name = f'img/p{p:02d}.png'; png(Path(root)/name, 9 * p)
+        loc = locs[p % 3]
+        rows.append([name, 'normal' if loc == 'no_bleed' else 'hematoma', loc, f'P{p:02d}', cycle[(p // 3) % len(cycle)]])
+    return rows
+
+
+def test_label_column_selects_the_task(tmp_path):
+    root = tmp_path/'three'
+    csv = write_csv(root, three_class_rows(root), ('path', 'label', 'location', 'patient_id', 'split'))
+    ds = Dataset.open(csv, label_column='location')
+    assert sorted(ds.classes) == ['extra_axial', 'intra_axial', 'no_bleed']
+    assert set(ds.labels('train').tolist()) == {0, 1, 2}
+    assert (ds.table['label_original'].isin(['normal', 'hematoma'])).all()      # the binary column is kept aside
+    assert sorted(Dataset.open(csv).classes) == ['hematoma', 'normal']          # default: the `label` column
+    with pytest.raises(DataError, match="missing required column 'grade'"): load_table(csv, label_column='grade')
+
+
+def test_label_column_refused_for_npz(tmp_path):
+    f = tmp_path/'m.npz'
+    np.savez(f, train_images=np.zeros((4, 8, 8), np.uint8), train_labels=np.zeros((4, 1), np.int64))
+    with pytest.raises(DataError, match="label_column must be 'label'"): load_table(f, label_column='location')
+
+
+def test_one_class_and_class_without_train_images(tmp_path):
+    root = tmp_path/'one'
+    rows = [[r[0], 'normal', r[2], r[3]] for r in clean_rows(root)]
+    one_problem(check_data(write_csv(root, rows)), 'only one class', 'at least 2')
+    root = tmp_path/'notrain'
+    rows = clean_rows(root)
+    rows = [r if not (r[1] == 'hematoma' and r[3] == 'train') else [r[0], 'normal', r[2], r[3]] for r in rows]
+    one_problem(check_data(write_csv(root, rows)), "class 'hematoma' has no image in the train split")

@@ -77,6 +77,8 @@ def test_split_rules_and_prevalence(small):
     assert df.groupby('patient_id').split.nunique().max() == 1          # no patient in two splits
     assert df.groupby('patient_id').facility.nunique().max() == 1       # patient ids unique across facilities
     assert set(df.label) == {'normal', 'hematoma'}                       # class names, not 0/1
+    assert set(df.location) == {'no_bleed', 'intra_axial', 'extra_axial'}  # the 3-class task of 04_dcube
+    assert ((df.location == 'no_bleed') == (df.label == 'normal')).all()
     df = df.assign(pos=df.label == 'hematoma')
     down = df[df.facility == 1]
     assert .10 <= down.pos.mean() <= .20
