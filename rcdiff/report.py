@@ -34,7 +34,16 @@ PRESETS = {
                   # 03_generate: 150 samples per model with DDIM (FID is biased at this N: the run prints a
                   # real-vs-real floor); the EMA of 1,000 steps at 0.999 still holds 37 % of the initial weights → raw
                   gen_samples=150, gen_sampler='ddim', gen_steps=50, gen_weights='auto', gen_batch_size=100, fid_weights='',
-                  fid_batch_size=50, partial_t=100, partial_images=3),
+                  fid_batch_size=50, partial_t=100, partial_images=3,
+                  # 04_dcube: the phantom's 3-class `location` task; a CPU-sized U-ViT (16-pixel patches: a 4x4 token
+                  # grid) trained 250 steps per model, 5 classifier epochs, a ResNet-10t for the sub-features, small
+                  # synthetic and FID sets: the notebook's 10-minute budget on 2 cores
+                  dcube_label_column='', dcube_uvit='uvit-cpu', dcube_patch=16, dcube_steps=250, dcube_batch_size=32,
+                  dcube_lr=5e-4, dcube_lambda=1.0, dcube_margin=0.1, dcube_label_dropout=0.1, dcube_ks_values=256,
+                  dcube_ks_images=64, dcube_epochs=5, dcube_clf_batch_size=32, dcube_clf_lr=1e-3, dcube_weight_decay=0.1,
+                  dcube_ema=0.999, dcube_lambda_cycle=10.0, dcube_lambda_consistency=0.1, dcube_resnet='resnet10t',
+                  dcube_resnet_weights='', dcube_dc_n_t=8, dcube_dc_n_eps=1, dcube_syn_fraction=0.2, dcube_fid_per_class=20,
+                  dcube_sample_steps=50),
     'paper': dict(phantom='paper', phantom_seed=0, phantom_overrides={}, seed=0, image_size=256, pretrain_fraction=None,
                   # 01_pretrain: Table 2 of the RC-LDT paper (DiT-B/2, batch 16, lr 1e-4, 4x32x32 latents: give the
                   # SD-VAE folder with -p tokenizer=PATH; the PCA default has the same latent shape). Steps, EMA and
@@ -52,10 +61,18 @@ PRESETS = {
                   dino_batch_size=64, dino_local_crops=8, n_boot=2000,
                   # 03_generate: FID-10k as the paper; the sampler is not in the paper: DiT's DDPM with 250 steps
                   gen_samples=10_000, gen_sampler='ddpm', gen_steps=250, gen_weights='auto', gen_batch_size=256,
-                  fid_weights='', fid_batch_size=200, partial_t=100, partial_images=4),
+                  fid_weights='', fid_batch_size=200, partial_t=100, partial_images=4,
+                  # 04_dcube: the paper's margin, λ_cons, EMA, weight decay, flip; its U-ViT size and step-1 learning rate
+                  # are not in the text: U-ViT-M with 16-pixel patches on 256x256 (a 16x16 grid), ~300 epochs of step 1
+                  dcube_label_column='', dcube_uvit='uvit-mid', dcube_patch=16, dcube_steps=20_000, dcube_batch_size=64,
+                  dcube_lr=2e-4, dcube_lambda=1.0, dcube_margin=0.1, dcube_label_dropout=0.1, dcube_ks_values=256,
+                  dcube_ks_images=256, dcube_epochs=70, dcube_clf_batch_size=32, dcube_clf_lr=1e-4, dcube_weight_decay=0.1,
+                  dcube_ema=0.999, dcube_lambda_cycle=10.0, dcube_lambda_consistency=0.1, dcube_resnet='resnet50',
+                  dcube_resnet_weights='', dcube_dc_n_t=50, dcube_dc_n_eps=1, dcube_syn_fraction=0.67,
+                  dcube_fid_per_class=1000, dcube_sample_steps=250),
 }
 RUNNER_KEYS = ('phantom', 'phantom_seed', 'phantom_overrides')  # read by the runner, not by notebooks
-EXPERIMENTS = ['00_data', '01_pretrain', '02_classify', '03_generate']  # the default run, in reading order
+EXPERIMENTS = ['00_data', '01_pretrain', '02_classify', '03_generate', '04_dcube']  # the default run, in reading order
 
 # %% ../nbs/90_report.ipynb #8230551b
 class RunError(RuntimeError):
@@ -97,6 +114,7 @@ EXPERIMENT_SPLITS = {
     '01_pretrain': ('pretrain', 'train'),             # pre-training images; train images held out for the audit
     '02_classify': ('pretrain', 'train', 'valid', 'test'),  # the tokenizer is fitted on pretrain; tuning, selection, test
     '03_generate': ('pretrain',),                    # the reference set and the checkpoints of 01_pretrain
+    '04_dcube': ('train', 'valid', 'test'),           # step 1 on train; selection and the classifier's epoch on valid
     '90_phantom_difficulty': ('train', 'valid', 'test'),
     '91_bench_dit': (),                               # random latents
     '92_bench_classify': lambda p: ('pretrain', 'valid', 'test') if p.get('tuned_run') else (),  # only its tuned-model part
@@ -357,6 +375,12 @@ def _fit_sizes(resolved, values, log):
 def _positive(report, params) -> dict:
     "02_classify's positive class from the checked data's train labels and its `positive` parameter."
     from rcdiff.data import choose_positive
+    if len(report.classes) != 2:
+        if params.get('positive'):
+            raise RunError(f"02_classify: positive={params['positive']!r} is for two classes; this task has {len(report.classes)} "
+                           f"({', '.join(map(str, report.classes))})")
+        return {'class': None, 'index': None,
+                'reason': f"{len(report.classes)} classes: no positive class; metrics are macro averages over the classes"}
     idx = {str(c): i for i, c in enumerate(report.classes)}
     t = report.table
     y = [idx[str(v)] for v in t.loc[t['split'] == 'train', 'label'] if str(v) in idx]
@@ -387,7 +411,7 @@ def run_experiments(preset='tiny', data=None, out=None, only=None, params=None, 
     else:
         log(f"embedded default data: phantom preset {runner['phantom']!r} (generated once, then cached)")
         data = default_data(**runner, progress=progress)
-    report = check_data(data, classes=classes, pretrain_fraction=pf)
+    report = check_data(data, classes=classes, pretrain_fraction=pf, label_column=values.get('label_column', 'label'))
     if not report.ok:
         raise RunError([f"data problem: {p}" for p in report.problems])
     log(f"splits: {report.table.attrs.get('split_rule', '?')}")
@@ -395,6 +419,12 @@ def run_experiments(preset='tiny', data=None, out=None, only=None, params=None, 
     if empty: raise RunError(empty)
     positive = _positive(report, resolved['02_classify']) if '02_classify' in resolved else None
     if positive: log(f"positive class of 02_classify: {positive['reason']}")
+    if '04_dcube' in resolved:   # D-Cube's task may read another label column (the phantom's 3-class `location`)
+        from rcdiff.data import multiclass_column
+        lc = multiclass_column(report.table.columns, resolved['04_dcube'].get('dcube_label_column', ''))
+        rep4 = report if lc == values.get('label_column', 'label') else check_data(data, classes=classes, pretrain_fraction=pf, label_column=lc)
+        if not rep4.ok: raise RunError([f"04_dcube (label column '{lc}'): {p}" for p in rep4.problems])
+        log(f"04_dcube: the '{lc}' column, {len(rep4.classes)} classes ({', '.join(map(str, rep4.classes))})")
     for p in resolved.values():
         if 'data' in p: p['data'] = str(data)
         if 'classes' in p and classes: p['classes'] = ','.join(map(str, classes))

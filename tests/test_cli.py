@@ -2,6 +2,7 @@
 import json, os, subprocess, sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -323,3 +324,58 @@ def test_generate_experiment_runs_end_to_end(tmp_path):
     assert t3.loc['Representation-Conditioned LDT', 'condition'].startswith('r of the reference image')
     g = json.loads((out/'metrics.json').read_text())['03_generate']
     assert g['n_samples'] == 6 and set(g['fid']) == set(t3.index)
+
+
+SMALL3 = 'phantom_overrides={size: 32, render: 48, pretrain: 66, train: 60, valid: 30, test: 30, prevalence: 0.4}'
+
+
+def test_classify_and_dcube_run_on_the_phantoms_three_class_task(tmp_path):
+    "02_classify on the `location` column (macro metrics, confusion matrices) and 04_dcube (its default task), a few steps each."
+    out = tmp_path/'three'
+    r = _cli('run', '--out', out, '--quiet', '--only', 'classify', 'dcube', '-p', SMALL3, '-p', 'image_size=32',
+             '-p', 'label_column=location', '-p', 'pretrain_steps=2', '-p', 'tune_steps=2', '-p', 'tune_eval_every=1',
+             '-p', 'dc_n_t=3', '-p', 'baseline_epochs=1', '-p', 'dino_steps=1', '-p', 'n_boot=50',
+             '-p', 'dcube_steps=3', '-p', 'dcube_epochs=1', '-p', 'dcube_ks_images=8', '-p', 'dcube_dc_n_t=2',
+             '-p', 'dcube_fid_per_class=3', '-p', 'dcube_sample_steps=2', '-p', 'dcube_syn_fraction=0.2')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "04_dcube: the 'location' column, 3 classes (extra_axial, intra_axial, no_bleed)" in r.stdout
+    m = json.loads((out/'metrics.json').read_text())
+    c = m['02_classify']
+    assert c['classes'] == ['extra_axial', 'intra_axial', 'no_bleed'] and c['positive_class'].startswith('none (macro')
+    t = pd.read_csv(out/'tables'/'table_multiclass_calibrated.csv')
+    assert len(t) == 8 and (t.n_test == 30).all() and (t.averaging == 'macro').all()
+    assert (out/'figures'/'confusion_matrices.png').exists() and not (out/'tables'/'claims.csv').exists()
+    d = m['04_dcube']
+    assert d['task']['classes'] == ['extra_axial', 'intra_axial', 'no_bleed'] and d['task']['n_test'] == 30
+    assert set(d['table2']) >= {'D-Cube', 'Diffusion Classifier (step-1 U-ViT, ε)'} and len(d['table4']) == 5
+    for f in ['tables/table2_dcube.csv', 'tables/table3_dcube_synthetic.csv', 'tables/table4_dcube_ablation.csv',
+              'tables/table5_dcube_fid.csv', 'tables/table6_dcube_selection.csv', 'figures/fig2_gaussianity.png',
+              'figures/dcube_confusion_matrices.png', 'checkpoints/dcube/uvit_contrastive.pt']:
+        assert (out/f).exists(), f
+    for row in d['table2'].values(): assert 0 <= row['accuracy'] <= 1 and 0 <= row['auroc'] <= 1
+
+
+def test_dcube_on_a_three_class_labels_csv(tmp_path):
+    "04_dcube on a user's labels.csv whose `label` column holds three classes (PNG files, a split column)."
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    root, rows = tmp_path/'data', []
+    (root/'img').mkdir(parents=True)
+    for p in range(45):
+        c = ['benign', 'malignant', 'normal'][p % 3]
+        s = (['train'] * 5 + ['valid'] * 2 + ['test'] * 2)[(p // 3) % 9]
+        for k in range(2):
+            a = rng.integers(0, 60, (32, 32)).astype(np.uint8); a[8 + 6 * (p % 3):14 + 6 * (p % 3), 8:14] = 220
+            Image.fromarray(a).save(root/'img'/f'p{p}_{k}.png')
+            rows.append(dict(path=f'img/p{p}_{k}.png', label=c, patient_id=f'P{p}', split=s))
+    pd.DataFrame(rows).to_csv(root/'labels.csv', index=False)
+    out = tmp_path/'run'
+    r = _cli('run', '--data', root/'labels.csv', '--out', out, '--quiet', '--only', 'dcube', '-p', 'image_size=32',
+             '-p', 'dcube_steps=3', '-p', 'dcube_epochs=1', '-p', 'dcube_ks_images=8', '-p', 'dcube_dc_n_t=2', '-p', 'n_boot=50',
+             '-p', 'baseline_epochs=1', '-p', 'dcube_fid_per_class=3', '-p', 'dcube_sample_steps=2')
+    assert r.returncode == 0, r.stderr[-3000:]
+    d = json.loads((out/'metrics.json').read_text())['04_dcube']
+    assert d['task'] == dict(label_column='label', classes=['benign', 'malignant', 'normal'],
+                             n_test=sum(r['split'] == 'test' for r in rows))
+    r = _cli('run', '--data', root/'labels.csv', '--out', tmp_path/'bad', '--quiet', '--only', 'dcube', '-p', 'dcube_label_column=grade')
+    assert r.returncode == 1 and "missing required column 'grade'" in r.stderr and not (tmp_path/'bad').exists()
