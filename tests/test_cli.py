@@ -356,25 +356,28 @@ def test_classify_and_dcube_run_on_the_phantoms_three_class_task(tmp_path):
 
 
 def test_dcube_on_a_three_class_labels_csv(tmp_path):
-    "04_dcube on a user's labels.csv whose `label` column holds three classes (PNG files, a split column)."
+    "02_classify and 04_dcube on a user's labels.csv whose `label` column holds three classes (PNG files, a split column)."
     from PIL import Image
     rng = np.random.default_rng(0)
     root, rows = tmp_path/'data', []
     (root/'img').mkdir(parents=True)
-    for p in range(45):
+    for p in range(54):
         c = ['benign', 'malignant', 'normal'][p % 3]
-        s = (['train'] * 5 + ['valid'] * 2 + ['test'] * 2)[(p // 3) % 9]
+        s = (['train'] * 5 + ['valid'] * 2 + ['test'] * 2 + ['pretrain'] * 3)[(p // 3) % 12]
         for k in range(2):
             a = rng.integers(0, 60, (32, 32)).astype(np.uint8); a[8 + 6 * (p % 3):14 + 6 * (p % 3), 8:14] = 220
             Image.fromarray(a).save(root/'img'/f'p{p}_{k}.png')
             rows.append(dict(path=f'img/p{p}_{k}.png', label=c, patient_id=f'P{p}', split=s))
     pd.DataFrame(rows).to_csv(root/'labels.csv', index=False)
     out = tmp_path/'run'
-    r = _cli('run', '--data', root/'labels.csv', '--out', out, '--quiet', '--only', 'dcube', '-p', 'image_size=32',
+    r = _cli('run', '--data', root/'labels.csv', '--out', out, '--quiet', '--only', 'classify', 'dcube', '-p', 'image_size=32',
+             '-p', 'pretrain_steps=2', '-p', 'tune_steps=2', '-p', 'tune_eval_every=1', '-p', 'dc_n_t=3', '-p', 'dino_steps=1',
              '-p', 'dcube_steps=3', '-p', 'dcube_epochs=1', '-p', 'dcube_ks_images=8', '-p', 'dcube_dc_n_t=2', '-p', 'n_boot=50',
              '-p', 'baseline_epochs=1', '-p', 'dcube_fid_per_class=3', '-p', 'dcube_sample_steps=2')
     assert r.returncode == 0, r.stderr[-3000:]
-    d = json.loads((out/'metrics.json').read_text())['04_dcube']
+    m = json.loads((out/'metrics.json').read_text())
+    assert m['02_classify']['classes'] == ['benign', 'malignant', 'normal'] and len(m['02_classify']['table_multiclass_raw']) == 8
+    d = m['04_dcube']
     assert d['task'] == dict(label_column='label', classes=['benign', 'malignant', 'normal'],
                              n_test=sum(r['split'] == 'test' for r in rows))
     r = _cli('run', '--data', root/'labels.csv', '--out', tmp_path/'bad', '--quiet', '--only', 'dcube', '-p', 'dcube_label_column=grade')
