@@ -56,7 +56,7 @@ def test_experiment_notebooks_have_parameters_cell_starting_with_preset():
 
 def test_library_notebooks_export_one_module_each():
     for nb in sorted((ROOT/'nbs').glob('[0-9][0-9]*_*.ipynb')):
-        src = ''.join(''.join(c['source']) for c in json.loads(nb.read_text())['cells'])
+        src = '\n'.join(''.join(c['source']) for c in json.loads(nb.read_text())['cells'])
         m = re.search(r'#\|\s*default_exp\s+(\w+)', src)
         assert m, f"{nb.name} exports nothing"
         assert (ROOT/'rcdiff'/f'{m.group(1)}.py').exists()
