@@ -10,9 +10,9 @@ AUROC at that step is the result. The test split is only printed, never used for
 Run (a GPU; --quick for a 1-minute CPU check of the script itself):
   python bench/diagnostics/gpu_budget.py --out OUT [--breast PATH] [--scale 1.0] [--quick]
 """
-import argparse, json, time, sys
+import argparse, json, time
 from pathlib import Path
-import numpy as np, torch
+import torch
 from sklearn.metrics import roc_auc_score
 from rcdiff.data import Dataset, choose_positive
 from rcdiff.report import PRESETS, RUNNER_KEYS, default_data
@@ -29,7 +29,10 @@ ap.add_argument('--scale', type=float, default=1.0, help='multiplies every time 
 ap.add_argument('--quick', action='store_true')
 ap.add_argument('--model', default='DiT-XS/4')
 args = ap.parse_args()
-out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
+out = Path(args.out)
+# tune() returns a finished run found in its folder and train() resumes one: a used --out would time nothing
+if out.exists() and any(out.iterdir()): raise SystemExit(f"--out {out} is not empty: give a new folder")
+out.mkdir(parents=True, exist_ok=True)
 dev = 'cuda' if torch.cuda.is_available() else 'cpu'
 print('device', dev, torch.cuda.get_device_name() if dev == 'cuda' else '', flush=True)
 results, T0 = [], time.time()
@@ -91,19 +94,16 @@ def study(name, ds, pos, budgets):
             train(cfg, lat_pre, d, progress=False, max_steps=500 if not args.quick else 10)
         sec = time.time() - t
         ck = load_checkpoint(d/'checkpoint.pt')
-        steps = ck.step if hasattr(ck, 'step') else '?'
-        say(f'  pre-trained {cond} {steps} steps in {sec:.0f} s')
-        for w, m in (('ema', ck.ema),):
-            init = from_pretrained(m, C, encoder=(ck.ema_encoder if w == 'ema' else ck.encoder) if cond == 'representation' else None,
-                                   z0=z0['train'])
-            run_tune(f'{name}_{cond}_{w}', init, budgets['tune'], sec)
+        say(f'  pre-trained {cond} {ck.step} steps in {sec:.0f} s')
+        init = from_pretrained(ck.ema, C, encoder=ck.ema_encoder if cond == 'representation' else None, z0=z0['train'])
+        run_tune(f'{name}_{cond}_ema', init, budgets['tune'], sec)
 
 q = 0.02 if args.quick else args.scale
 ds = Dataset.open(default_data(**{k: PRESETS['tiny'][k] for k in RUNNER_KEYS}))
-pos, why = choose_positive(ds.classes, ds.labels('train'), '')
+pos, _ = choose_positive(ds.classes, ds.labels('train'), '')
 study('phantom', ds, pos, dict(scratch=90 * q, pretrain=75 * q, tune=40 * q))
 if args.breast:
     ds = Dataset.open(args.breast, pretrain_fraction=0.5)
-    pos, why = choose_positive(ds.classes, ds.labels('train'), '')
+    pos, _ = choose_positive(ds.classes, ds.labels('train'), '')
     study('breastmnist', ds, pos, dict(scratch=45 * q, pretrain=40 * q, tune=25 * q))
 say(f'total {time.time() - T0:.0f} s')

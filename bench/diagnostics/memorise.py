@@ -7,7 +7,7 @@ distance between the two label embeddings. The test split is not read.
 
 Run: OMP_NUM_THREADS=2 .venv/bin/python bench/diagnostics/memorise.py 1500 [DiT-XS/4] [lr]
 """
-import sys, time, numpy as np, torch
+import sys, tempfile, time, numpy as np, torch
 from sklearn.metrics import roc_auc_score
 from rcdiff.data import Dataset, choose_positive
 from rcdiff.report import PRESETS, RUNNER_KEYS, default_data
@@ -41,4 +41,5 @@ def ev(m):
     return r['valid_eps']
 m=from_scratch(TrainConfig(model=model, cond='class', num_classes=2), lat['train'].shape, 2, seed=0)
 cfg=TuneConfig(steps=steps, batch_size=64, lr=lr, ema_decay=0.995, eval_every=max(steps//5,1), seed=0)
-res=tune(m, lat['train'], y['train'], cfg, f'/tmp/rcdiff_memorise_{model.replace("/","")}_{steps}_{lr}', evaluate=ev, progress=False)
+with tempfile.TemporaryDirectory() as d:   # a fresh folder: tune() would return an earlier run's result without training
+    tune(m, lat['train'], y['train'], cfg, d, evaluate=ev, progress=False)

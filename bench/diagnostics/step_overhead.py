@@ -6,7 +6,7 @@ how much of a step is the model and how much is the loop around it.
 
 Run: python bench/diagnostics/step_overhead.py [DiT-XS/4 DiT-B/2 ...] [--steps 100] [--batch 64]
 """
-import argparse, math, tempfile, time
+import argparse, tempfile, time
 import torch
 from rcdiff.latents import LatentSet
 from rcdiff.train import TrainConfig
