@@ -39,7 +39,7 @@ def check_data(
     classes: Param("the classes you expect, comma separated; anything else is an error", str)=None,
     seed: Param("seed of the patient-grouped split, when the csv has no split column", int)=0,
     downstream_facility: Param("facility used for the downstream task (the rest is pre-training)", str)=None,
-    pretrain_fraction: Param("share of the patients moved to the pre-training split: of all patients when the csv has neither a split nor a facility column, of the train patients of a MedMNIST .npz (default 0.5 for both; 0: none)", float)=None,
+    pretrain_fraction: Param("share of the patients moved to the pre-training split: of all patients when the csv has neither a split nor a facility column, of the train patients of a MedMNIST .npz (default none: pre-training then reads the train images without their labels)", float)=None,
 ):
     "Check a dataset before training: counts by split, class, facility and patient; one line per problem."
     from rcdiff.data import check_data as _check

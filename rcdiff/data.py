@@ -16,9 +16,10 @@ from PIL import Image, ImageFile
 from .phantom import WINDOWS, apply_window
 
 # %% auto #0
-__all__ = ['SPLITS', 'DOWNSTREAM', 'NPZ_SPLITS', 'LOADER_VERSION', 'NPZ_PRETRAIN_FRACTION', 'DataError', 'load_table',
-           'multiclass_column', 'channels', 'load_image', 'cache_dir', 'load_images', 'make_splits', 'CheckReport',
-           'check_data', 'PretrainLabelsError', 'Dataset', 'reads_negative', 'choose_positive']
+__all__ = ['SPLITS', 'DOWNSTREAM', 'NPZ_SPLITS', 'LOADER_VERSION', 'MIN_PATIENTS', 'MIN_PER_CLASS', 'SPLIT_FRACTIONS',
+           'DataError', 'load_table', 'multiclass_column', 'channels', 'load_image', 'cache_dir', 'load_images',
+           'support', 'make_splits', 'CheckReport', 'check_data', 'PretrainLabelsError', 'Dataset', 'reads_negative',
+           'choose_positive']
 
 # %% ../nbs/01_data.ipynb #b3402c8d
 SPLITS = ('pretrain', 'train', 'valid', 'test')
@@ -108,7 +109,7 @@ def _npz_table(path: Path) -> pd.DataFrame:
         if ik not in shapes or lk not in labels:
             have, lack = (ik, lk) if ik in shapes else (lk, ik)
             raise DataError(f"{path.name}: has '{have}' but no '{lack}'")
-        lab = labels[lk].reshape(len(labels[lk]), -1)
+        lab = labels[lk].reshape(len(labels[lk]), int(np.prod(labels[lk].shape[1:])))  # (0, 1) too
         if lab.shape[1] != 1:
             raise DataError(f"{path.name}: '{lk}' has shape {labels[lk].shape}; only single-label npz files (N, 1) are supported")
         n = shapes[ik][0]
@@ -375,11 +376,12 @@ def _patients(df) -> pd.Series:
     return base
 
 def _patient_labels(df, pid) -> pd.Series:
-    "Each patient's most frequent label (as a string; ties broken by sort order)."
+    "Each patient's stratum: the rarest label (in `df`) among its rows, as a string, so a patient with one positive slice is a positive patient."
     lab = df['label'].astype(object).map(str)
-    vc = pd.DataFrame({'pid': pid.values, 'lab': lab.values}).value_counts().reset_index(name='n')
-    vc = vc.sort_values(['pid', 'n', 'lab'], ascending=[True, False, True])
-    return vc.drop_duplicates('pid').set_index('pid')['lab']
+    freq = lab.value_counts()
+    rank = {v: i for i, v in enumerate(sorted(freq.index, key=lambda v: (freq[v], v)))}
+    d = pd.DataFrame({'pid': pid.values, 'lab': lab.values, 'rank': lab.map(rank).values})
+    return d.sort_values(['pid', 'rank']).drop_duplicates('pid').set_index('pid')['lab']
 
 def _deal(plab: pd.Series, fractions, seed) -> dict:
     "Give each patient (index of `plab`) a bucket index so that every label tracks `fractions`."
@@ -415,16 +417,40 @@ def _rows(rows) -> str:
     return f"{'row' if one else 'rows'} {_join(shown)}{more} (csv {'line' if one else 'lines'} {_join(r + 1 for r in shown)}{more})"
 
 # %% ../nbs/01_data.ipynb #d94fac08
-NPZ_PRETRAIN_FRACTION = 0.5  # share of an npz's train patients moved to pretrain when pretrain_fraction is None
+MIN_PATIENTS, MIN_PER_CLASS = 5, 20   # what a valid or test split needs before a choice or a claim rests on it
+SPLIT_FRACTIONS = ((.8, .1, .1), (.7, .15, .15), (.6, .2, .2))  # train/valid/test shares tried in turn (rules 2 and 3)
 
-def make_splits(df, seed=0, downstream_facility=None, pretrain_fraction=None, valid_fraction=0.1, test_fraction=0.1) -> pd.DataFrame:
-    "Add (or validate) the `split` column: patient-grouped, label-stratified, deterministic for `seed` (rules above)."
-    if not (0 <= valid_fraction < 1 and 0 <= test_fraction < 1 and valid_fraction + test_fraction < 1):
+def support(table, split) -> str:
+    "'' when `split` holds >= MIN_PATIENTS patients and >= MIN_PER_CLASS images of every downstream class, else one line of its counts."
+    down = table['split'].isin(DOWNSTREAM)
+    classes = sorted(table.loc[down, 'label'].dropna().map(str).unique(), key=_natural)
+    rows = table[table['split'] == split]
+    n_pat, per = _patients(rows).nunique(), rows['label'].dropna().map(str).value_counts()
+    if n_pat >= MIN_PATIENTS and all(per.get(c, 0) >= MIN_PER_CLASS for c in classes): return ''
+    counts = ', '.join(f"{per.get(c, 0)} '{c}'" for c in classes)
+    return (f"{split} holds {n_pat} patient{'s' if n_pat != 1 else ''} and {counts} images, fewer than {MIN_PATIENTS} "
+            f"patients or {MIN_PER_CLASS} images of a class")
+
+def _dealt(out, who, plab, pid, head, tries, seed):
+    "Deal the patients `who` into `head` + train/valid/test by the first of `tries` whose valid and test are supported (else the last)."
+    for fr in tries:
+        got = _deal(plab, tuple(head) + tuple((1 - sum(head)) * x for x in fr), seed)
+        names = SPLITS if head else DOWNSTREAM
+        out.loc[who, 'split'] = pid[who].map(lambda q: names[got[q]])
+        if not (support(out, 'valid') or support(out, 'test')): break
+    return fr
+
+def make_splits(df, seed=0, downstream_facility=None, pretrain_fraction=None, valid_fraction=None, test_fraction=None) -> pd.DataFrame:
+    "Add (or validate) the `split` column: patient-grouped, stratified, deterministic for `seed` (rules above)."
+    if (valid_fraction is None) != (test_fraction is None):
+        raise ValueError("give both valid_fraction and test_fraction, or neither (then SPLIT_FRACTIONS are tried in turn)")
+    if valid_fraction is not None and not (0 <= valid_fraction < 1 and 0 <= test_fraction < 1 and valid_fraction + test_fraction < 1):
         raise ValueError("valid_fraction and test_fraction must be >= 0 and sum to less than 1")
     if pretrain_fraction is not None and not 0 <= pretrain_fraction < 1:
         raise ValueError(f"pretrain_fraction must be in [0, 1), got {pretrain_fraction}")
+    tries = SPLIT_FRACTIONS if valid_fraction is None else [(1 - valid_fraction - test_fraction, valid_fraction, test_fraction)]
+    p = pretrain_fraction or 0
     out = df.copy(); out.attrs = dict(df.attrs)
-    down_fr = (1 - valid_fraction - test_fraction, valid_fraction, test_fraction)
     pid = _patients(out)
     has_split = 'split' in out and out['split'].notna().any()
     if has_split:
@@ -441,17 +467,13 @@ def make_splits(df, seed=0, downstream_facility=None, pretrain_fraction=None, va
         out['split'] = s
         npz = out.attrs.get('kind') == 'npz'
         rule, source = ("from the npz keys", 'npz') if npz else ("from the 'split' column", 'column')
-        if npz:
-            p = NPZ_PRETRAIN_FRACTION if pretrain_fraction is None else pretrain_fraction
+        if npz and p > 0:
             tr = out['split'] == 'train'
-            if p > 0:
-                moved = _deal(_patient_labels(out[tr], pid[tr]), (p, 1 - p), seed)
-                out.loc[tr & pid.map(lambda q: moved.get(q) == 0), 'split'] = 'pretrain'
-                how = 'the default NPZ_PRETRAIN_FRACTION' if pretrain_fraction is None else 'pretrain_fraction'
-                rule += (f"; pretrain_fraction={p:g} ({how}): {int((out['split'] == 'pretrain').sum())} of the {int(tr.sum())} "
-                         f"train patients moved to pretrain (stratified, seed {seed})")
-            else: rule += "; pretrain_fraction=0: no pre-training split (every train image stays in train)"
-        elif pretrain_fraction is not None: rule += f"; pretrain_fraction={pretrain_fraction:g} not used (the column names the splits)"
+            moved = _deal(_patient_labels(out[tr], pid[tr]), (p, 1 - p), seed)
+            out.loc[tr & pid.map(lambda q: moved.get(q) == 0), 'split'] = 'pretrain'
+            rule += (f"; pretrain_fraction={p:g}: {int((out['split'] == 'pretrain').sum())} of the {int(tr.sum())} "
+                     f"train patients moved to pretrain (stratified, seed {seed})")
+        elif pretrain_fraction is not None and not npz: rule += f"; pretrain_fraction={pretrain_fraction:g} not used (the column names the splits)"
     elif 'facility' in out and out['facility'].notna().any():
         fac = out['facility'].astype(object)
         if fac.isna().any(): raise DataError(f"{_where(out, fac.isna())}: empty facility (fill it in, or drop the 'facility' column)")
@@ -460,21 +482,24 @@ def make_splits(df, seed=0, downstream_facility=None, pretrain_fraction=None, va
         d = str(downstream_facility) if downstream_facility is not None else ('1' if '1' in facs else facs[0])
         if d not in facs: raise DataError(f"downstream facility {d!r} is not in the table (facilities: {', '.join(facs)})")
         down = fac == d
-        got = _deal(_patient_labels(out[down], pid[down]), down_fr, seed)
         out['split'] = 'pretrain'
-        out.loc[down, 'split'] = pid[down].map(lambda q: DOWNSTREAM[got[q]])
+        fr = _dealt(out, down, _patient_labels(out[down], pid[down]), pid, (), tries, seed)
         others = [f for f in facs if f != d]
-        rule = (f"facility {d} is downstream (its patients split train/valid/test {_pct(down_fr)}, seed {seed}); "
+        rule = (f"facility {d} is downstream (its patients split train/valid/test {_pct(fr)}, seed {seed}); "
                 f"{'facilities' if len(others) != 1 else 'facility'} {_join(others) if others else '(none)'} → pretrain (labels not read)")
         if pretrain_fraction is not None: rule += f"; pretrain_fraction={pretrain_fraction:g} not used (the facilities name the splits)"
         source = 'facility'
     else:
-        p = 0.5 if pretrain_fraction is None else pretrain_fraction
-        got = _deal(_patient_labels(out, pid), (p,) + tuple((1 - p) * x for x in down_fr), seed)
-        out['split'] = pid.map(lambda q: SPLITS[got[q]])
-        rule = f"{p:g} of the patients → pretrain, the rest train/valid/test {_pct(down_fr)} (by patient, stratified, seed {seed})"
+        out['split'] = None
+        fr = _dealt(out, pd.Series(True, index=out.index), _patient_labels(out, pid), pid, (p,) if p else (), tries, seed)
+        rule = (f"{p:g} of the patients → pretrain, the rest " if p else "patients ") + \
+               f"split train/valid/test {_pct(fr)} (by patient, stratified, seed {seed})"
         source = 'fraction'
-    out.attrs.update(split_rule=rule, split_source=source)
+    warn = [w for w in (support(out, 'valid'), support(out, 'test')) if w]
+    n_pre, n_tr = int((out['split'] == 'pretrain').sum()), int((out['split'] == 'train').sum())
+    pretraining = (f"pre-training reads the {n_pre} images of the pretrain split (labels not read)" if n_pre else
+                   f"no pre-training split: pre-training reads the {n_tr} train images without their labels (valid and test never enter)")
+    out.attrs.update(split_rule=rule, split_source=source, split_warnings=warn, pretraining=pretraining)
     return out
 
 def _norm_split(s: pd.Series) -> pd.Series:
@@ -493,6 +518,9 @@ class CheckReport:
     table: pd.DataFrame
     classes: list = field(default_factory=list)
     def __repr__(self): return f"CheckReport(ok={self.ok}, {len(self.problems)} problems, {len(self.table)} rows)"
+    def counts(self) -> pd.DataFrame:
+        "Rows, patients and (downstream) rows per class, per split."
+        return _counts(self.table, self.classes)
     def _repr_pretty_(self, p, cycle): p.text(str(self))  # a notebook shows the whole report
     def __str__(self):
         return self.summary + ('' if self.ok else f"\n{len(self.problems)} problem(s):\n" + '\n'.join(f"  - {p}" for p in self.problems))
@@ -523,7 +551,9 @@ def _counts(table, classes) -> pd.DataFrame:
 def _summary(table, classes, name, rule) -> str:
     facs = f", {table['facility'].nunique()} facilities" if 'facility' in table else ''
     head = f"{name}: {len(table)} rows, {_patients(table).nunique()} patients{facs}, {len(classes)} classes ({', '.join(map(str, classes))})"
-    lines = [head, f"splits: {rule}"]
+    lines = [head, f"splits: {rule}"] + ([table.attrs['pretraining']] if 'pretraining' in table.attrs else [])
+    lines += [f"warning: {w}; choices on valid fall back to rules fixed in advance" if w.startswith('valid') else f"warning: {w}"
+              for w in table.attrs.get('split_warnings', [])]
     if 'split' in table and table['split'].isin(SPLITS).all():
         c = _counts(table, classes).astype(object).where(lambda d: d.notna(), '-')
         c.loc['total'] = [len(table), _patients(table).nunique()] + ['' for _ in classes]
@@ -651,6 +681,15 @@ class Dataset:
         return self.table[self.table['split'] == split]
 
     def paths(self, split) -> list: return self.rows(split)['path'].tolist()
+
+    @property
+    def pretrain_split(self) -> str:
+        "The split pre-training reads: `pretrain`, or `train` (its images, never its labels) when the data has no pre-training split."
+        return 'pretrain' if (self.table['split'] == 'pretrain').any() else 'train'
+
+    def support(self, split) -> str:
+        "'' when `split` can carry a choice or a claim (`support`), else one line with its counts."
+        return support(self.table, split)
 
     def images(self, split, size=None, window='brain', progress=False) -> torch.Tensor:
         "Images of `split` as float32 (N, C, H, W) in [-1, 1] (cached). For `pretrain` this is all there is: no labels."

@@ -120,7 +120,7 @@ EXPERIMENT_SPLITS = {
     '92_bench_classify': lambda p: ('pretrain', 'valid', 'test') if p.get('tuned_run') else (),  # only its tuned-model part
     '93_tiny_recipe': ('pretrain', 'train', 'valid'),  # never the test split
 }
-_SPLIT_WHAT = {'pretrain': 'pre-training images', 'train': 'labelled train images', 'valid': 'validation images',
+_SPLIT_WHAT = {'pretrain': 'pre-training images (a pretrain split, or train images)', 'train': 'labelled train images', 'valid': 'validation images',
                'test': 'test images'}
 
 def needed_splits(name, params=None) -> tuple:
@@ -128,25 +128,20 @@ def needed_splits(name, params=None) -> tuple:
     need = EXPERIMENT_SPLITS.get(name, ())
     return tuple(need(params or {}) if callable(need) else need)
 
-def _split_fix(split, source) -> str:
-    "What fills an empty `split`, given how the splits were made (`split_source` of `rcdiff.data.make_splits`)."
-    if split == 'pretrain':
-        if source == 'npz': return "pass -p pretrain_fraction=0.5 to move half of the train patients there"
-        if source == 'fraction': return "pass -p pretrain_fraction=0.5 to set half of the patients aside for it"
-        if source == 'facility': return "add images of other facilities than the downstream one (they become pre-training data)"
-        return "give some rows split=pretrain in the csv's 'split' column (pretrain_fraction does not apply when the csv names the splits)"
+def _split_fix(split) -> str:
+    "What fills an empty `split`."
     return f"give the data '{split}' rows (a 'split' column) or more patients"
 
 def split_problems(table, params: dict) -> list:
     "One line per empty split that a selected experiment reads; `params` maps experiment names to their parameters."
-    n = table['split'].value_counts() if 'split' in table else {}
+    n = dict(table['split'].value_counts()) if 'split' in table else {}
+    n['pretrain'] = n.get('pretrain', 0) or n.get('train', 0)   # no pretrain split: pre-training reads the train images
     who = {}
     for name, p in params.items():
         for s in needed_splits(name, p):
             if n.get(s, 0) == 0: who.setdefault(s, []).append(name)
-    src = table.attrs.get('split_source', '')
     return [f"split '{s}' is empty, but {' and '.join(names)} need{'s' if len(names) == 1 else ''} {_SPLIT_WHAT[s]}: "
-            f"{_split_fix(s, src)}" for s in ('pretrain', 'train', 'valid', 'test') if s in who for names in [who[s]]]
+            f"{_split_fix(s)}" for s in ('pretrain', 'train', 'valid', 'test') if s in who for names in [who[s]]]
 
 # %% ../nbs/90_report.ipynb #95e2f101
 def notebook_parameters(path) -> dict:
@@ -403,7 +398,7 @@ def run_experiments(preset='tiny', data=None, out=None, only=None, params=None, 
     _fit_sizes(resolved, values, log)
     pf = values.get('pretrain_fraction')
     if pf is not None and (isinstance(pf, bool) or not isinstance(pf, numbers.Real) or not 0 <= pf < 1):
-        raise RunError(f"pretrain_fraction must be a number in [0, 1), or null for the default, got {pf!r}")
+        raise RunError(f"pretrain_fraction must be a number in [0, 1), or null for none, got {pf!r}")
     runner = {k: overrides.get(k, PRESETS[preset][k]) for k in RUNNER_KEYS}
     if data:
         data = Path(data).resolve()
@@ -414,7 +409,11 @@ def run_experiments(preset='tiny', data=None, out=None, only=None, params=None, 
     report = check_data(data, classes=classes, pretrain_fraction=pf, label_column=values.get('label_column', 'label'))
     if not report.ok:
         raise RunError([f"data problem: {p}" for p in report.problems])
-    log(f"splits: {report.table.attrs.get('split_rule', '?')}")
+    attrs = report.table.attrs
+    log(f"splits: {attrs.get('split_rule', '?')}")
+    log(attrs.get('pretraining', ''))
+    for line in report.counts().loc[['train', 'valid', 'test']].to_string().splitlines(): log(f"    {line}")
+    for w in attrs.get('split_warnings', []): log(f"warning: {w}")
     empty = split_problems(report.table, resolved)
     if empty: raise RunError(empty)
     positive = _positive(report, resolved['02_classify']) if '02_classify' in resolved else None
@@ -430,7 +429,8 @@ def run_experiments(preset='tiny', data=None, out=None, only=None, params=None, 
         if 'classes' in p and classes: p['classes'] = ','.join(map(str, classes))
     out.mkdir(parents=True)
     (out/'notebooks').mkdir()
-    (out/'params.yaml').write_text(yaml.safe_dump(dict(preset=preset, data=str(data), splits=report.table.attrs.get('split_rule'),
+    (out/'params.yaml').write_text(yaml.safe_dump(dict(preset=preset, data=str(data), splits=attrs.get('split_rule'),
+        pretraining=attrs.get('pretraining'), split_warnings=attrs.get('split_warnings', []),
         **({'positive': positive} if positive else {}), runner=runner, overrides=overrides, notebooks=resolved,
         command=' '.join(sys.argv)), sort_keys=False))
     env = environment(); env.update(started=datetime.datetime.now().isoformat(timespec='seconds'), seed=overrides.get('seed', PRESETS[preset]['seed']))

@@ -101,34 +101,34 @@ def _npz(path, n=(24, 6, 6)):
     return path
 
 
-def test_check_data_npz_shows_the_pretrain_split(tmp_path):
+def test_check_data_npz_shows_what_pretraining_reads(tmp_path):
     npz = _npz(tmp_path/'m.npz')
     r = _cli('check-data', npz)
     assert r.returncode == 0, r.stderr
-    assert 'pretrain_fraction=0.5 (the default NPZ_PRETRAIN_FRACTION): 12 of the 24 train patients moved to pretrain' in r.stdout
+    assert 'no pre-training split: pre-training reads the 24 train images without their labels' in r.stdout
+    assert any(line.split()[:2] == ['train', '24'] for line in r.stdout.splitlines())
+    r = _cli('check-data', npz, '--pretrain-fraction', '0.5')
+    assert r.returncode == 0 and 'pretrain_fraction=0.5: 12 of the 24 train patients moved to pretrain' in r.stdout
     assert any(line.split()[:2] == ['pretrain', '12'] for line in r.stdout.splitlines())
-    r = _cli('check-data', npz, '--pretrain-fraction', '0')
-    assert r.returncode == 0 and 'no pre-training split' in r.stdout
 
 
-def test_run_refuses_an_empty_pretrain_split_before_any_notebook(tmp_path):
-    npz, out = _npz(tmp_path/'m.npz'), tmp_path/'r'
-    r = _cli('run', '--data', npz, '--out', out, '--quiet', '--only', 'pretrain', '-p', 'pretrain_fraction=0', '-p', 'image_size=28')
+def test_run_refuses_an_empty_train_split_before_any_notebook(tmp_path):
+    npz, out = _npz(tmp_path/'m.npz', n=(0, 6, 6)), tmp_path/'r'
+    r = _cli('run', '--data', npz, '--out', out, '--quiet', '--only', 'pretrain', '-p', 'image_size=28')
     assert r.returncode == 1 and not out.exists()
-    assert r.stderr.strip() == ("error: split 'pretrain' is empty, but 01_pretrain needs pre-training images: "
-                                "pass -p pretrain_fraction=0.5 to move half of the train patients there")
-    assert 'image_size 28 → 32' in r.stdout and 'no pre-training split' in r.stdout
+    assert "split 'train' is empty" in r.stderr, r.stderr
 
 
-def test_run_on_an_npz_prints_the_pretrain_split(tmp_path):
+def test_run_on_an_npz_prints_what_pretraining_reads(tmp_path):
     npz, out = _npz(tmp_path/'m.npz'), tmp_path/'r'
     r = _cli('run', '--data', npz, '--out', out, '--quiet', '--only', 'data', '-p', 'image_size=28', '-p', 'samples_per_cell=1')
     assert r.returncode == 0, r.stderr[-3000:]
-    assert 'splits: from the npz keys; pretrain_fraction=0.5 (the default NPZ_PRETRAIN_FRACTION)' in r.stdout
+    assert 'splits: from the npz keys' in r.stdout and 'pre-training reads the 24 train images without their labels' in r.stdout
+    assert 'warning: valid holds 6 patients' in r.stdout
     m = json.loads((out/'metrics.json').read_text())['00_data']
-    assert m['split_sizes'] == {'pretrain': 12, 'train': 12, 'valid': 6, 'test': 6}
+    assert m['split_sizes'] == {'train': 24, 'valid': 6, 'test': 6}
     nb = (out/'notebooks'/'00_data.ipynb').read_text()
-    assert 'pretrain_fraction=0.5' in nb and "class '1' is positive" in nb   # the split rule and the positive class, printed
+    assert 'pre-training reads the 24 train images' in nb and "class '1' is positive" in nb   # what pre-training reads and the positive class, printed
 
 
 SMALL = 'phantom_overrides={size: 32, render: 48, pretrain: 66, train: 40, valid: 20, test: 20}'

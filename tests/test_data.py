@@ -12,7 +12,7 @@ from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut
 
 import rcdiff.data as D
-from rcdiff.data import (NPZ_PRETRAIN_FRACTION, DataError, Dataset, PretrainLabelsError, cache_dir, check_data,
+from rcdiff.data import (DataError, Dataset, PretrainLabelsError, cache_dir, check_data,
                          choose_positive, load_image, load_images, load_table, make_splits, reads_negative)
 from rcdiff.phantom import WINDOWS, apply_window
 
@@ -187,11 +187,11 @@ def test_empty_split_from_column(clean):
 
 
 def test_empty_split_after_splitting(tmp_path):
-    rows = [[str(png(tmp_path/f'{i}.png', i).name), 'a', f'P{i}'] for i in range(4)]
+    rows = [[str(png(tmp_path/f'{i}.png', i).name), 'a', f'P{i}'] for i in range(2)]
     csv = write_csv(tmp_path, rows, ('path', 'label', 'patient_id'))
     rep = check_data(csv, pretrain_fraction=0)
     line = one_problem(rep, "split 'test' is empty")
-    assert '4 downstream patients are too few' in line
+    assert '2 downstream patients are too few' in line
 
 
 def test_missing_columns(tmp_path):
@@ -310,9 +310,11 @@ def test_breastmnist_npz():
     t = load_table(BREAST)
     assert t.split.value_counts().to_dict() == {'train': 546, 'test': 156, 'valid': 78}
     assert t.path.iloc[12].endswith('breastmnist.npz::train_images/12')
-    ds = Dataset.open(BREAST, pretrain_fraction=0)
-    assert ds.classes == [0, 1] and len(ds.rows('pretrain')) == 0
-    assert 'pretrain_fraction=0: no pre-training split' in ds.report.summary
+    ds = Dataset.open(BREAST)   # the default: no pre-training split; pre-training reads the train images, unlabelled
+    assert ds.classes == [0, 1] and len(ds.rows('pretrain')) == 0 and ds.pretrain_split == 'train'
+    assert 'no pre-training split: pre-training reads the 546 train images without their labels' in ds.report.summary
+    assert 'warning' not in ds.report.summary                       # valid 21/57, test 42/114: enough of each class
+    assert Dataset.open(BREAST, pretrain_fraction=0).table.split.tolist() == ds.table.split.tolist()
     with np.load(BREAST) as z:
         for split, key in [('train', 'train'), ('valid', 'val'), ('test', 'test')]:
             assert ds.labels(split).tolist() == z[f'{key}_labels'][:, 0].tolist()
@@ -320,11 +322,10 @@ def test_breastmnist_npz():
         assert x.shape == (78, 1, 28, 28)
         np.testing.assert_allclose(x[5, 0].numpy(), z['val_images'][5] / 127.5 - 1, atol=2e-3)
     assert ds.images('test', size=32).shape == (156, 1, 32, 32)
-    half = Dataset.open(BREAST)  # the default: NPZ_PRETRAIN_FRACTION = 0.5 of the train images become pretrain
+    half = Dataset.open(BREAST, pretrain_fraction=0.5)   # half of the train images set aside for pre-training
     n = half.counts()['rows'].to_dict()
-    assert n == {'pretrain': 273, 'train': 273, 'valid': 78, 'test': 156}
-    assert 'pretrain_fraction=0.5 (the default NPZ_PRETRAIN_FRACTION): 273 of the 546 train patients' in half.report.summary
-    assert Dataset.open(BREAST, pretrain_fraction=0.5).table.split.tolist() == half.table.split.tolist()
+    assert n == {'pretrain': 273, 'train': 273, 'valid': 78, 'test': 156} and half.pretrain_split == 'pretrain'
+    assert 'pretrain_fraction=0.5: 273 of the 546 train patients' in half.report.summary
     with pytest.raises(PretrainLabelsError):
         half.labels('pretrain')
     # BreastMNIST: 0 = malignant (the minority), 1 = benign/normal; integer names say nothing, so the minority is positive
@@ -342,7 +343,7 @@ def test_small_npz_rgb_and_errors(tmp_path):
     np.savez(tmp_path/'m.npz', **arrays)
     ds = Dataset.open(tmp_path/'m.npz', pretrain_fraction=0)
     assert ds.images('train').shape == (9, 1, 6, 6) and ds.classes == [0, 1, 2]
-    assert Dataset.open(tmp_path/'m.npz').counts()['rows'].to_dict() == {'pretrain': 5, 'train': 4, 'valid': 3, 'test': 3}
+    assert Dataset.open(tmp_path/'m.npz', pretrain_fraction=0.5).counts()['rows'].to_dict() == {'pretrain': 5, 'train': 4, 'valid': 3, 'test': 3}
     x = load_image(f"{tmp_path/'m.npz'}::val_images/2")
     rgb = arrays['val_images'][2].astype(np.float32)
     np.testing.assert_allclose(x[0], (rgb @ [0.299, 0.587, 0.114]) / 127.5 - 1, atol=1e-4)
@@ -369,11 +370,11 @@ def test_patient_split_never_leaks_and_is_stratified():
         df = random_table(rng, int(rng.integers(10, 120)))
         for seed in range(3):
             for pf in (None, 0.0, 0.3):
-                sp = make_splits(df, seed=seed, pretrain_fraction=pf)
+                sp = make_splits(df, seed=seed, pretrain_fraction=pf, valid_fraction=.1, test_fraction=.1)
                 assert (sp.groupby('patient_id').split.nunique() == 1).all()
                 assert set(sp.split) <= set(D.SPLITS)
                 pats = sp.drop_duplicates('patient_id')
-                p = 0.5 if pf is None else pf
+                p = pf or 0
                 fr = {'pretrain': p, 'train': (1 - p) * .8, 'valid': (1 - p) * .1, 'test': (1 - p) * .1}
                 for lab, g in pats.groupby('label'):  # every label keeps its share in every split
                     for s, f in fr.items():
@@ -387,7 +388,7 @@ def test_patient_split_never_leaks_and_is_stratified():
 
 def test_rows_without_patient_id_are_their_own_patients():
     df = pd.DataFrame({'path': [f'/x/{i}.png' for i in range(100)], 'label': ['a', 'b'] * 50, 'row': range(1, 101)})
-    sp = make_splits(df, pretrain_fraction=0)
+    sp = make_splits(df, pretrain_fraction=0, valid_fraction=.1, test_fraction=.1)
     assert sp.split.value_counts().to_dict() == {'train': 80, 'valid': 10, 'test': 10}
 
 
@@ -400,6 +401,9 @@ def test_facility_rule():
     assert set(sp[sp.facility != '1'].split) == {'pretrain'}
     assert set(sp[sp.facility == '1'].split) == set(D.DOWNSTREAM)
     n = sp[sp.facility == '1'].drop_duplicates('patient_id').split.value_counts()
+    assert n['train'] == 18 and n['valid'] == 6 and n['test'] == 6      # 30 patients are few: 60/20/20, with a warning
+    assert 'split train/valid/test 60/20/20' in sp.attrs['split_rule'] and len(sp.attrs['split_warnings']) == 2
+    n = make_splits(df, seed=0, valid_fraction=.1, test_fraction=.1).query("facility == '1'").drop_duplicates('patient_id').split.value_counts()
     assert n['train'] == 24 and n['valid'] == 3 and n['test'] == 3
     sp2 = make_splits(df, downstream_facility=2)
     assert set(sp2[sp2.facility == '2'].split) == set(D.DOWNSTREAM) and set(sp2[sp2.facility != '2'].split) == {'pretrain'}
@@ -591,21 +595,43 @@ def test_positive_bad_input_is_one_clear_error():
     assert not reads_negative('nodule') and not reads_negative('abnormal') and reads_negative('no finding')
 
 
-def test_npz_default_pretrain_fraction(tmp_path):
+def test_npz_without_pretrain_split_pretrains_on_train(tmp_path):
     arrays = {}
     for k, n in [('train', 20), ('val', 4), ('test', 4)]:
         arrays[f'{k}_images'] = np.zeros((n, 4, 4), np.uint8)
         arrays[f'{k}_labels'] = (np.arange(n) % 4 == 0).astype(int).reshape(n, 1)
     np.savez(tmp_path/'m.npz', **arrays)
-    assert NPZ_PRETRAIN_FRACTION == 0.5
     rep = check_data(tmp_path/'m.npz')
-    assert rep.ok and rep.table.split.value_counts().to_dict() == {'pretrain': 10, 'train': 10, 'valid': 4, 'test': 4}
-    pre = rep.table[rep.table.split == 'pretrain']
-    assert (pre.label == 1).sum() == 2 and rep.table.attrs['split_source'] == 'npz'   # stratified: 5 positives, 2-3 move
-    assert 'splits: from the npz keys; pretrain_fraction=0.5 (the default NPZ_PRETRAIN_FRACTION): 10 of the 20' in rep.summary
-    rep0 = check_data(tmp_path/'m.npz', pretrain_fraction=0)
-    assert rep0.ok and (rep0.table.split == 'pretrain').sum() == 0 and 'no pre-training split' in rep0.summary
+    assert rep.ok and rep.table.split.value_counts().to_dict() == {'train': 20, 'valid': 4, 'test': 4}
+    assert 'no pre-training split: pre-training reads the 20 train images without their labels' in rep.summary
+    assert "warning: valid holds 4 patients and 1 '1', 3 '0' images" not in rep.summary          # classes in natural order
+    assert "warning: valid holds 4 patients and 3 '0', 1 '1' images, fewer than 5 patients or 20 images of a class" in rep.summary
+    rep5 = check_data(tmp_path/'m.npz', pretrain_fraction=0.5)
+    assert rep5.ok and rep5.table.split.value_counts().to_dict() == {'pretrain': 10, 'train': 10, 'valid': 4, 'test': 4}
+    pre = rep5.table[rep5.table.split == 'pretrain']
+    assert (pre.label == 1).sum() == 2 and rep5.table.attrs['split_source'] == 'npz'   # stratified: 5 positives, 2-3 move
+    assert 'splits: from the npz keys; pretrain_fraction=0.5: 10 of the 20' in rep5.summary
     assert (check_data(tmp_path/'m.npz', pretrain_fraction=0.25).table.split == 'pretrain').sum() == 5
+
+
+def test_split_fractions_grow_until_valid_and_test_can_decide():
+    # 100 patients of 10 slices, 30 with 4 positive slices each: 80/10/10 gives valid 3 positive patients, 12 slices
+    rows = [dict(path=f'/s/{p}_{i}.png', patient_id=f'P{p}', label='bleed' if p < 30 and 4 <= i < 8 else 'normal')
+            for p in range(100) for i in range(10)]
+    df = pd.DataFrame(rows); df['row'] = np.arange(1, len(df) + 1)
+    sp = make_splits(df, seed=0)
+    assert '60/20/20' in sp.attrs['split_rule'] and sp.attrs['split_warnings'] == []
+    for s in ('valid', 'test'):
+        assert D.support(sp, s) == '' and (sp[sp.split == s].label == 'bleed').sum() >= D.MIN_PER_CLASS
+    # with the most frequent label as stratum every patient would be 'normal'; the rarest label spreads the bleeders
+    assert sp[sp.label == 'bleed'].groupby('split').patient_id.nunique().to_dict() == {'test': 6, 'train': 18, 'valid': 6}
+    big = pd.concat([df.assign(path=df.path + f'.{k}', patient_id=df.patient_id + f'.{k}') for k in range(3)], ignore_index=True)
+    big['row'] = np.arange(1, len(big) + 1)
+    assert '80/10/10' in make_splits(big, seed=0).attrs['split_rule']          # enough data: the paper's fractions
+    fixed = make_splits(df, seed=0, valid_fraction=.1, test_fraction=.1)
+    assert '80/10/10' in fixed.attrs['split_rule'] and fixed.attrs['split_warnings'][0].startswith('valid holds 10 patients')
+    with pytest.raises(ValueError, match='give both valid_fraction and test_fraction'):
+        make_splits(df, valid_fraction=.2)
 
 
 # ---------------------------------------------------------------- the task's label column, classes a task needs

@@ -1,5 +1,6 @@
 """Tests of rcdiff.metrics against scikit-learn, bootstrap intervals, prior calibration, paired comparisons, recall by subgroup,
-and the multi-class metrics (macro averages, one-vs-rest AUROC, confusion matrix, bootstrap and paired intervals)."""
+the multi-class metrics (macro averages, one-vs-rest AUROC, confusion matrix, bootstrap and paired intervals), and the
+cluster (patient-level) bootstrap of every interval."""
 import time
 
 import numpy as np
@@ -94,7 +95,9 @@ def test_paired_bootstrap_equals_brute_force_loop():
         assert abs(got.loc[k, 'low'] - np.percentile(d, 2.5)) < 1e-12 and abs(got.loc[k, 'high'] - np.percentile(d, 97.5)) < 1e-12
         assert got.loc[k, 'a'] == binary_metrics(y, p_a, s_a)[k] and got.loc[k, 'b'] == binary_metrics(y, p_b, s_b)[k]
         assert got.loc[k, 'difference'] == got.loc[k, 'a'] - got.loc[k, 'b']
-    assert list(got.columns) == ['a', 'b', 'difference', 'low', 'high', 'n_boot_used', 'n_images', 'n_positive']
+    assert list(got.columns) == ['a', 'b', 'difference', 'low', 'high', 'n_boot_used', 'n_images', 'n_positive',
+                                 'resampling', 'n_groups']
+    assert (got.resampling == 'image').all() and (got.n_groups == 30).all()
     assert (got.n_images == 30).all() and (got.n_positive == y.sum()).all()
 
 
@@ -119,7 +122,7 @@ def test_claims_hold_and_refute():
     t = claims_table(y, clf, [('good > poor', 'good', 'poor'), ('poor > good', 'poor', 'good')], n_boot=400,
                      metrics=('auroc', 'accuracy', 'balanced_accuracy'))
     assert list(t.columns) == ['claim', 'a', 'b', 'metric', 'value_a', 'value_b', 'difference', 'low', 'high',
-                               'verdict', 'n_test', 'n_positive', 'positive_class']
+                               'verdict', 'n_test', 'n_positive', 'positive_class', 'resampling', 'n_groups']
     assert list(t.verdict) == ['holds'] * 3 + ['refuted'] * 3
     assert (t.n_test == 400).all() and (t.n_positive == y.sum()).all() and (t.positive_class == 1).all()
     assert np.allclose(t.low[:3].values, -t.high[3:].values)        # same resamples for every claim: a mirror image
@@ -307,7 +310,7 @@ def test_multiclass_paired_identical_classifiers_differ_by_zero():
     got = multiclass_paired_bootstrap(y, p, p, P, P, metrics=list(MULTICLASS_METRICS) + ['recall[2]', 'auroc[0]'], n_boot=300)
     assert (got.difference == 0).all() and (got.low == 0).all() and (got.high == 0).all()
     assert ((got.low <= 0) & (0 <= got.high)).all() and (got.n_boot_used == 300).all()
-    assert list(got.columns) == ['a', 'b', 'difference', 'low', 'high', 'n_boot_used', 'n_images']
+    assert list(got.columns) == ['a', 'b', 'difference', 'low', 'high', 'n_boot_used', 'n_images', 'resampling', 'n_groups']
 
 
 def test_multiclass_paired_equals_brute_force_loop():
@@ -373,3 +376,186 @@ def test_multiclass_accepts_tensors_and_lists():
     assert multiclass_metrics(torch.tensor(y), torch.tensor(p), torch.tensor(P)) == ref
     assert multiclass_metrics(y.tolist(), p.tolist(), P.tolist()) == ref
     assert multiclass_metrics(y.astype(float), p, P) == ref                       # integral floats are labels too
+
+
+# ---------------------------------------------------------------- patients, not slices: the cluster bootstrap
+
+
+def _patients(seed=21, G=17):
+    "Slices of G patients (1 to 5 each, shuffled; string ids that do not sort in image order); labels vary within a patient."
+    r = np.random.default_rng(seed)
+    pid = np.repeat([f'p{g:02d}' for g in r.permutation(G)], r.integers(1, 6, G))
+    pid = pid[r.permutation(len(pid))]
+    sick = dict(zip(np.unique(pid), r.random(G) < .4))
+    y = np.array([(r.random() < (.8 if sick[g] else .1)) for g in pid]).astype(int)
+    s_a, s_b = np.round(r.normal(size=len(y)) + 1.2 * y, 1), np.round(r.normal(size=len(y)) + .4 * y, 1)   # ties
+    return y, (s_a > .6).astype(int), s_a, (s_b > .2).astype(int), s_b, pid
+
+
+def _cluster_draws(groups, n_boot, seed):
+    "The documented draw: ids numbered in sorted order, default_rng(seed).integers(0, G, (n_boot, G)); each resample's images."
+    ids = np.unique(groups)
+    for d in np.random.default_rng(seed).integers(0, len(ids), size=(n_boot, len(ids))):
+        yield np.concatenate([np.flatnonzero(groups == ids[g]) for g in d])
+
+
+def _defined(k, y):
+    "Is binary metric k defined on labels y (the resamples bootstrap_ci keeps)?"
+    need = dict(recall='pos', sensitivity='pos', f1='pos', specificity='neg', auroc='both', balanced_accuracy='both').get(k)
+    pos, neg = y.sum() > 0, y.sum() < len(y)
+    return {None: True, 'pos': pos, 'neg': neg, 'both': pos and neg}[need]
+
+
+def _same_interval(got, values, k):
+    assert got.loc[k, 'n_boot_used'] == len(values), k
+    assert (got.loc[k, 'low'], got.loc[k, 'high']) == pytest.approx(tuple(np.percentile(values, [2.5, 97.5])), abs=1e-12), k
+
+
+def test_bootstrap_ci_without_groups_keeps_the_image_draws():
+    y, p, s, *_ = _patients()
+    got = bootstrap_ci(y, p, s, n_boot=150, seed=6)
+    ref = {k: [] for k in BINARY_METRICS}
+    for i in np.random.default_rng(6).integers(0, len(y), size=(150, len(y))):     # today's index matrix
+        m = binary_metrics(y[i], p[i], s[i])
+        for k in BINARY_METRICS:
+            if _defined(k, y[i]): ref[k].append(m[k])
+    for k, v in ref.items(): _same_interval(got, v, k)
+    assert list(got.columns) == ['value', 'low', 'high', 'n_boot_used', 'resampling', 'n_groups']
+    assert (got.resampling == 'image').all() and (got.n_groups == len(y)).all()
+    own = bootstrap_ci(y, p, s, n_boot=150, seed=6, groups=np.arange(len(y)))     # every image its own group: the same draws
+    assert own.drop(columns='resampling').equals(got.drop(columns='resampling')) and (own.resampling == 'group').all()
+
+
+def test_bootstrap_ci_groups_equals_brute_force_loop():
+    y, p, s, *_, pid = _patients(23, G=7)                                          # few patients: some resamples lack a class
+    got = bootstrap_ci(y, p, s, n_boot=200, seed=3, groups=pid)
+    ref = {k: [] for k in BINARY_METRICS}
+    for i in _cluster_draws(pid, 200, 3):
+        m = dict(accuracy=skm.accuracy_score(y[i], p[i]), precision=skm.precision_score(y[i], p[i], zero_division=0),
+                 recall=skm.recall_score(y[i], p[i], zero_division=0), f1=skm.f1_score(y[i], p[i], zero_division=0),
+                 specificity=skm.recall_score(1 - y[i], 1 - p[i], zero_division=0))
+        m['sensitivity'], m['balanced_accuracy'] = m['recall'], skm.balanced_accuracy_score(y[i], p[i]) if 0 < y[i].sum() < len(i) else np.nan
+        m['auroc'] = skm.roc_auc_score(y[i], s[i]) if 0 < y[i].sum() < len(i) else np.nan
+        for k in BINARY_METRICS:
+            if _defined(k, y[i]): ref[k].append(m[k])
+    assert 0 < len(ref['auroc']) < 200 and 0 < len(ref['recall']) < 200
+    for k, v in ref.items(): _same_interval(got, v, k)
+    assert (got.value == bootstrap_ci(y, p, s, n_boot=10).value).all()
+    assert (got.resampling == 'group').all() and (got.n_groups == 7).all()
+    assert got.equals(bootstrap_ci(y, p, s, n_boot=200, seed=3, groups=pd.Series(pid, index=np.arange(len(y))[::-1])))
+
+
+def test_paired_bootstrap_groups_equals_brute_force_loop():
+    y, p_a, s_a, p_b, s_b, pid = _patients(22)
+    ms = ('auroc', 'accuracy', 'recall', 'specificity')
+    got = paired_bootstrap(y, p_a, p_b, s_a, s_b, metrics=ms, n_boot=200, seed=4, groups=list(pid))
+    ref = {k: [] for k in ms}
+    for i in _cluster_draws(pid, 200, 4):                                           # the same patients for a and b
+        ref['accuracy'].append(skm.accuracy_score(y[i], p_a[i]) - skm.accuracy_score(y[i], p_b[i]))
+        if y[i].sum() > 0: ref['recall'].append(skm.recall_score(y[i], p_a[i]) - skm.recall_score(y[i], p_b[i]))
+        if y[i].sum() < len(i):
+            ref['specificity'].append(skm.recall_score(1 - y[i], 1 - p_a[i]) - skm.recall_score(1 - y[i], 1 - p_b[i]))
+        if 0 < y[i].sum() < len(i): ref['auroc'].append(skm.roc_auc_score(y[i], s_a[i]) - skm.roc_auc_score(y[i], s_b[i]))
+    for k, v in ref.items(): _same_interval(got, v, k)
+    assert (got.resampling == 'group').all() and (got.n_groups == 17).all() and (got.n_images == len(y)).all()
+
+
+def test_multiclass_groups_equal_brute_force_loop():
+    r = np.random.default_rng(23)
+    *_, pid = _patients(23)
+    y = r.integers(0, 3, len(pid))
+    L_a, L_b = np.round(r.normal(size=(len(y), 3)) + 1.2 * np.eye(3)[y], 1), np.round(r.normal(size=(len(y), 3)) + .3 * np.eye(3)[y], 1)
+    ci = multiclass_bootstrap_ci(y, L_a.argmax(1), L_a, n_boot=80, seed=2, groups=pid)
+    assert (ci.resampling, ci.n_groups) == ('group', 17)
+    mp = multiclass_paired_bootstrap(y, L_a.argmax(1), L_b.argmax(1), L_a, L_b, metrics=('auroc', 'f1', 'recall[2]'),
+                                     n_boot=80, seed=2, groups=pid)
+    vals, diff = {k: [] for k in ci}, {k: [] for k in mp.index}
+    for i in _cluster_draws(pid, 80, 2):
+        a = multiclass_metrics(y[i], L_a[i].argmax(1), L_a[i], num_classes=3)
+        b = multiclass_metrics(y[i], L_b[i].argmax(1), L_b[i], num_classes=3)
+        for k, v in a.items():
+            if np.isfinite(v): vals[k].append(v)
+        for k in diff:
+            if np.isfinite(a[k] - b[k]): diff[k].append(a[k] - b[k])
+    for k, v in vals.items():
+        assert ci[k][0] == multiclass_metrics(y, L_a.argmax(1), L_a)[k]
+        assert ci[k][1:] == pytest.approx(tuple(np.percentile(v, [2.5, 97.5])), abs=1e-12), k
+    for k, v in diff.items(): _same_interval(mp, v, k)
+    assert (mp.resampling == 'group').all() and (mp.n_groups == 17).all()
+    image = multiclass_bootstrap_ci(y, L_a.argmax(1), L_a, n_boot=80, seed=2)
+    assert (image.resampling, image.n_groups) == ('image', len(y))
+    wide, long = multiclass_ci_table({'patients': ci, 'images': image})                 # the tables take it as before
+    assert list(wide.columns) == ['patients', 'images'] and len(long) == 2 * len(ci)
+
+
+def test_recall_by_group_clusters_equals_brute_force_loop():
+    y, p_a, _, p_b, _, pid = _patients(24, G=30)
+    g = pd.DataFrame(dict(kind=np.where(np.arange(len(y)) % 3 == 0, 'u', 'v')))
+    rec = recall_by_group(y, dict(a=p_a, b=p_b), g, n_boot=150, seed=5, clusters=pid)
+    assert list(rec.columns) == ['n_positive', 'n_clusters', 'a', 'a_low', 'a_high', 'b', 'b_low', 'b_high']
+    for key, mask in [(('all positives', ''), y == 1), (('kind', 'u'), (y == 1) & (g.kind == 'u').to_numpy())]:
+        i = np.flatnonzero(mask)
+        assert rec.loc[key, 'n_clusters'] == len(np.unique(pid[i]))
+        for name, p in dict(a=p_a, b=p_b).items():
+            ref = [p[i][j].mean() for j in _cluster_draws(pid[i], 150, 5)]           # the subgroup's patients
+            assert (rec.loc[key, f'{name}_low'], rec.loc[key, f'{name}_high']) == pytest.approx(tuple(np.percentile(ref, [2.5, 97.5])), abs=1e-12)
+    plain = recall_by_group(y, dict(a=p_a, b=p_b), g, n_boot=150, seed=5)
+    assert 'n_clusters' not in plain and (plain.a == rec.a).all()
+    fpr = false_positive_rate_by_group(y, dict(a=p_a), g, n_boot=50, clusters=pid)
+    assert fpr.loc[('all negatives', ''), 'n_clusters'] == len(np.unique(pid[y == 0]))
+
+
+def test_copied_slices_widen_the_patient_interval():
+    r = np.random.default_rng(25)
+    G, k = 50, 8                                                   # every patient's 8 slices: one label, one score
+    yp = (r.random(G) < .3).astype(int); sp = np.round(r.normal(size=G) + yp, 1); pp = (sp > .5).astype(int)
+    y, s, p, pid = np.repeat(yp, k), np.repeat(sp, k), np.repeat(pp, k), np.repeat(np.arange(G), k)
+    slices, patients = bootstrap_ci(y, p, s, n_boot=400), bootstrap_ci(y, p, s, n_boot=400, groups=pid)
+    width = lambda df: (df.high - df.low)[['auroc', 'accuracy', 'recall']]
+    assert (width(patients) > 1.5 * width(slices)).all()          # about √8 wider
+    assert patients[['low', 'high']].equals(bootstrap_ci(yp, pp, sp, n_boot=400)[['low', 'high']])   # = 50 single images
+    pb = paired_bootstrap(y, p, 1 - p, s, -s, n_boot=400, groups=pid), paired_bootstrap(y, p, 1 - p, s, -s, n_boot=400)
+    assert (pb[0].high - pb[0].low)['auroc'] > 1.5 * (pb[1].high - pb[1].low)['auroc']
+
+
+@pytest.mark.parametrize('groups,msg', [
+    (lambda n: np.arange(n - 1), r'groups has 39 ids but there are 40 images'),
+    (lambda n: np.r_[np.arange(n - 1), np.nan], r'groups has 1 missing id\(s\) \(NaN/None\), the first at image 39'),
+    (lambda n: [None] + list(range(n - 1)), r'missing id\(s\) \(NaN/None\), the first at image 0'),
+    (lambda n: np.zeros((n, 2)), r'groups must be one group id .* 1-d'),
+    (lambda n: 'patient_id', r'groups must be one group id'),
+    (lambda n: [[0]] * n, r'hashable'),
+])
+def test_bad_groups(groups, msg):
+    y, p, s = _data(40, 26)
+    y[:3] = 1; g = groups(40)
+    for call in (lambda: bootstrap_ci(y, p, s, groups=g), lambda: paired_bootstrap(y, p, p, s, s, groups=g),
+                 lambda: claims_table(y, {'a': dict(pred=p), 'b': dict(pred=p)}, [('c', 'a', 'b')], groups=g),
+                 lambda: multiclass_bootstrap_ci(y, p, groups=g), lambda: multiclass_paired_bootstrap(y, p, p, groups=g)):
+        with pytest.raises(ValueError, match=msg): call()
+    with pytest.raises(ValueError, match=msg.replace('groups', 'clusters')):
+        recall_by_group(y, {'a': p}, pd.DataFrame(dict(k=['x'] * 40)), n_boot=10, clusters=g)
+
+
+def test_claims_table_says_what_was_resampled():
+    y, clf = _two(120)
+    pid = np.arange(120) // 4                                      # 30 patients of 4 slices
+    claims = [('good > poor', 'good', 'poor')]
+    t = claims_table(y, clf, claims, n_boot=200, groups=pid)
+    assert list(t.columns[-2:]) == ['resampling', 'n_groups']
+    assert (t.resampling == 'group').all() and (t.n_groups == 30).all() and (t.n_test == 120).all()
+    pb = paired_bootstrap(y, clf['good']['pred'], clf['poor']['pred'], clf['good']['score'], clf['poor']['score'], n_boot=200, groups=pid)
+    assert t.low.tolist() == pb.low.tolist() and t.high.tolist() == pb.high.tolist()
+    plain = claims_table(y, clf, claims, n_boot=200)
+    assert (plain.resampling == 'image').all() and (plain.n_groups == 120).all()
+
+
+def test_chunks_of_group_resamples_join():
+    from rcdiff.metrics import _boot, _group_codes
+    *_, pid = _patients()
+    grp = _group_codes(pid, len(pid))
+    one, many = (_boot(lambda w: {'w': w}, len(pid), 50, 1, grp, chunk=c)['w'] for c in (10 ** 6, 3 * len(pid)))
+    assert (one == many).all() and one.shape == (50, len(pid))
+    ids = np.unique(pid)
+    for w, d in zip(one, np.random.default_rng(1).integers(0, len(ids), (50, len(ids)))):
+        assert (w == np.bincount(d, minlength=len(ids))[np.searchsorted(ids, pid)]).all()

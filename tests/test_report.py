@@ -93,41 +93,33 @@ def test_every_experiment_declares_the_splits_it_reads():
     assert needed_splits('an_unknown_one') == ()
 
 
-def test_runner_refuses_an_empty_pretrain_split_before_any_notebook(tmp_path, no_notebooks):
+def test_runner_without_pretrain_split_pretrains_on_train_and_says_so(tmp_path, no_notebooks):
     log = []
-    with pytest.raises(RunError) as e:
-        run_experiments(data=npz(tmp_path/'m.npz'), out=tmp_path/'r', only=['data', 'pretrain', 'classify'],
-                        params={'pretrain_fraction': 0, 'image_size': 28}, progress=False, log=log.append)
-    assert e.value.problems == ["split 'pretrain' is empty, but 01_pretrain and 02_classify need pre-training images: "
-                                "pass -p pretrain_fraction=0.5 to move half of the train patients there"]
-    assert not (tmp_path/'r').exists() and no_notebooks == []
-    assert any(m.startswith('splits: from the npz keys; pretrain_fraction=0: no pre-training split') for m in log)
-    run_experiments(data=tmp_path/'m.npz', out=tmp_path/'r', only=['data'], params={'pretrain_fraction': 0},
-                    progress=False, log=log.append)                          # 00_data alone needs no pre-training split
-    assert [n for n, _ in no_notebooks] == ['00_data']
+    out = run_experiments(data=npz(tmp_path/'m.npz'), out=tmp_path/'r', only=['data', 'pretrain', 'classify'],
+                          params={'image_size': 28}, progress=False, log=log.append)
+    assert 'no pre-training split: pre-training reads the 24 train images without their labels (valid and test never enter)' in log
+    assert any(m.startswith('warning: valid holds 6 patients') for m in log)           # too small to decide: said once
+    params = yaml.safe_load((out/'params.yaml').read_text())
+    assert params['pretraining'].startswith('no pre-training split') and params['notebooks']['01_pretrain']['pretrain_fraction'] is None
+    assert [n for n, _ in no_notebooks] == ['00_data', '01_pretrain', '02_classify']
 
 
-def test_empty_split_messages_name_the_fix_for_each_kind_of_data():
+def test_empty_split_messages_name_the_fix():
     import pandas as pd
     t = pd.DataFrame({'split': ['train', 'valid', 'test']})
-    for source, fix in [('npz', 'pass -p pretrain_fraction=0.5 to move half of the train patients there'),
-                        ('fraction', 'pass -p pretrain_fraction=0.5'), ('facility', 'other facilities'),
-                        ('column', "split=pretrain in the csv's 'split' column")]:
-        t.attrs['split_source'] = source
-        [line] = split_problems(t, {'01_pretrain': {}})
-        assert line.startswith("split 'pretrain' is empty, but 01_pretrain needs pre-training images: ") and fix in line
+    assert split_problems(t, {'01_pretrain': {}}) == []                 # pre-training reads the train images
     t = pd.DataFrame({'split': ['pretrain', 'train', 'valid']})
     assert split_problems(t, {'90_phantom_difficulty': {}}) == [
         "split 'test' is empty, but 90_phantom_difficulty needs test images: give the data 'test' rows (a 'split' column) or more patients"]
 
 
-def test_runner_default_npz_pretrain_fraction_fills_the_split(tmp_path, no_notebooks):
+def test_runner_pretrain_fraction_sets_images_aside(tmp_path, no_notebooks):
     log = []
-    out = run_experiments(data=npz(tmp_path/'m.npz'), out=tmp_path/'r', only=['pretrain'], params={'image_size': 28},
+    out = run_experiments(data=npz(tmp_path/'m.npz'), out=tmp_path/'r', only=['pretrain'], params={'image_size': 28, 'pretrain_fraction': 0.5},
                           progress=False, log=log.append)
-    assert any('pretrain_fraction=0.5 (the default NPZ_PRETRAIN_FRACTION): 12 of the 24 train patients moved' in m for m in log)
+    assert any('pretrain_fraction=0.5: 12 of the 24 train patients moved' in m for m in log)
     params = yaml.safe_load((out/'params.yaml').read_text())
-    assert 'pretrain_fraction=0.5' in params['splits'] and params['notebooks']['01_pretrain']['pretrain_fraction'] is None
+    assert 'pretrain_fraction=0.5' in params['splits'] and params['notebooks']['01_pretrain']['pretrain_fraction'] == 0.5
     with pytest.raises(RunError, match=r'pretrain_fraction must be a number in \[0, 1\)'):
         run_experiments(data=tmp_path/'m.npz', out=tmp_path/'r2', only=['pretrain'], params={'pretrain_fraction': 1})
     assert not (tmp_path/'r2').exists()
@@ -139,7 +131,7 @@ def test_runner_records_the_positive_class_when_classify_is_selected(tmp_path, n
     out = run_experiments(data=npz(tmp_path/'m.npz'), out=tmp_path/'r', only=['classify'], params={'image_size': 28},
                           progress=False, log=log.append)
     pos = yaml.safe_load((out/'params.yaml').read_text())['positive']
-    assert pos['class'] == 1 and pos['index'] == 1 and 'minority class of the train split (4 of 12 images)' in pos['reason']
+    assert pos['class'] == 1 and pos['index'] == 1 and 'minority class of the train split (8 of 24 images)' in pos['reason']
     assert any(m.startswith('positive class of 02_classify: ') for m in log)
     out = run_experiments(data=tmp_path/'m.npz', out=tmp_path/'r2', only=['classify'], params={'image_size': 28, 'positive': 0},
                           progress=False, log=log.append)
