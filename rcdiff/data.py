@@ -691,6 +691,11 @@ class Dataset:
         "'' when `split` can carry a choice or a claim (`support`), else one line with its counts."
         return support(self.table, split)
 
+    def patients(self, split):
+        "Patient ids of `split`, one per image: the clusters of a patient-level bootstrap; None where every patient has one image there."
+        pid = _patients(self.rows(split)).map(str).to_numpy()
+        return pid if len(set(pid)) < len(pid) else None
+
     def images(self, split, size=None, window='brain', progress=False) -> torch.Tensor:
         "Images of `split` as float32 (N, C, H, W) in [-1, 1] (cached). For `pretrain` this is all there is: no labels."
         return load_images(self.paths(split), size=size, window=window, progress=progress)

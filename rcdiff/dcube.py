@@ -195,8 +195,10 @@ class DCubeConfig:
     lambda_cycle: float = 10.          # pancreas CT 10, breast MRI 100
     lambda_consistency: float = 0.1
     flip_p: float = 0.5
+    select: str = 'best'               # epoch returned: the 'best' valid AUROC, or the 'last' (valid too small to choose)
     seed: int = 0
     def __post_init__(self):
+        if self.select not in ('best', 'last'): raise ValueError(f"select must be 'best' or 'last', not {self.select!r}")
         for k in ('epochs', 'batch_size'):
             if not isinstance(getattr(self, k), int) or getattr(self, k) < 1: raise ValueError(f"{k} must be a positive integer, got {getattr(self, k)!r}")
         if self.lr <= 0: raise ValueError(f"lr must be > 0, got {self.lr}")
@@ -263,7 +265,7 @@ def train_dcube(model: DCube, train: FeatureCache, x_train: torch.Tensor, y_trai
         metric = _auroc(y_valid.numpy(), predict_dcube(ema.module, valid, x_valid))
         evals.append(dict(epoch=epoch, step=step, valid_auroc=metric, seconds=time.time() - t0))
         if progress: print(f"epoch {epoch}: loss {np.mean([h['loss'] for h in hist if h['epoch'] == epoch]):.4f}, valid AUROC {metric:.3f}")
-        if metric > best[0]: best = (metric, copy.deepcopy(ema.module.state_dict()), epoch)
+        if metric > best[0] or cfg.select == 'last': best = (metric, copy.deepcopy(ema.module.state_dict()), epoch)
     out = copy.deepcopy(ema.module)
     if best[1] is not None: out.load_state_dict(best[1])
     return dict(model=out.eval(), best_epoch=best[2], best_metric=best[0], history=pd.DataFrame(hist),

@@ -104,6 +104,7 @@ class TuneConfig:
     grad_clip: float | None = 1.0
     flip: bool = True               # horizontal flips from the LatentSet's flipped copy
     eval_every: int = 100           # evaluate on valid every this many steps (and at step 0)
+    select: str = 'best'            # weights returned: the 'best' valid evaluation, or the 'last' (valid too small to choose)
     valid_samples: int = 8          # default criterion: (t, ε) pairs per valid image
     T: int = 1000
     seed: int = 0
@@ -111,6 +112,7 @@ class TuneConfig:
 
     def __post_init__(self):
         if self.balance not in ('sampler', 'none'): raise ValueError(f"balance must be 'sampler' or 'none', not {self.balance!r}")
+        if self.select not in ('best', 'last'): raise ValueError(f"select must be 'best' or 'last', not {self.select!r}")
         for k in ('steps', 'batch_size', 'eval_every', 'valid_samples'):
             if getattr(self, k) < (0 if k == 'steps' else 1): raise ValueError(f"{k} must be >= {0 if k == 'steps' else 1}, got {getattr(self, k)}")
         if not 0 <= self.ema_decay < 1: raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
@@ -216,7 +218,7 @@ def tune(model: DiT, latents: LatentSet, y, cfg: TuneConfig, out_dir, valid: tup
         was = m.training; m.eval()
         v = float(evaluate(m)); m.train(was)
         evals.append(dict(step=step, metric=v))
-        if (step > 0 or cfg.steps == 0) and v > best['metric']: best.update(metric=v, step=step, state={k: t.detach().cpu().clone() for k, t in m.state_dict().items()})
+        if (step > 0 or cfg.steps == 0) and (v > best['metric'] or cfg.select == 'last'): best.update(metric=v, step=step, state={k: t.detach().cpu().clone() for k, t in m.state_dict().items()})
 
     check(0)
     bar = tqdm(range(1, cfg.steps + 1), desc='tune', disable=not progress)
