@@ -17,7 +17,7 @@ from threadpoolctl import threadpool_limits
 __all__ = ['TISSUES', 'WINDOWS', 'HEMATOMA_KINDS', 'MARKERS', 'KIND_P', 'MARKER_P', 'FACILITIES', 'MIMICS', 'PRESETS',
            'DIFFICULTY', 'COLUMNS', 'LABELS', 'LOCATIONS', 'PHANTOM_FORMAT', 'apply_window', 'smooth_field',
            'AffineGrid', 'sample_head', 'level_scale', 'head_radii', 'sample_markers', 'sample_hematoma', 'Facility',
-           'render_slice', 'resolve_preset', 'plan_phantom', 'make_phantom']
+           'render_slice', 'resolve_preset', 'plan_phantom', 'make_phantom', 'lesion_statistics']
 
 # %% ../nbs/00_phantom.ipynb #23d98f08
 TISSUES = {  # name: (lowest, highest) HU of a noise-free phantom pixel
@@ -110,7 +110,7 @@ def head_radii(head:dict, z:float, th):
 # %% ../nbs/00_phantom.ipynb #96576b2a
 HEMATOMA_KINDS = ('intraparenchymal', 'subdural', 'epidural')
 MARKERS = ('hypodensities', 'margin_irregularity', 'blend_sign', 'fluid_level')
-KIND_P = (.5, .3, .2)                                      # our choice
+KIND_P = (.5, .3, .2)                                      # our choice: the default draw, and the `hard` phantom's mix
 MARKER_P = dict(hypodensities=.45, margin_irregularity=.45, blend_sign=.3, fluid_level=.2)  # before conditioning on >=1
 
 def sample_markers(rng:np.random.Generator) -> dict:
@@ -368,7 +368,7 @@ PRESETS = {
 # overridden on its own, e.g. resolve_preset('tiny', difficulty='hard', lesion_size=1.2).
 DIFFICULTY = {
     'hard':       dict(head_fill=1., lesion_size=1., blood_hu=0., span_min=.65, kind_p=KIND_P, noise=1., blur=1., mimic_p=.2),
-    'calibrated': dict(head_fill=1., lesion_size=1., blood_hu=0., span_min=.65, kind_p=KIND_P, noise=1., blur=1., mimic_p=.2),
+    'calibrated': dict(head_fill=1., lesion_size=1.5, blood_hu=0., span_min=.65, kind_p=(.6, .35, .05), noise=1., blur=1., mimic_p=.2),
 }
 COLUMNS = ['path', 'label', 'location', 'patient_id', 'facility', 'split', *MARKERS, 'hematoma_type', 'hard_negative', 'slice_level']
 LABELS = ('normal', 'hematoma')  # the `label` column's values: no hematoma in the slice, a hematoma in it
@@ -499,3 +499,61 @@ def _progress(it, total, show):
     for i, x in enumerate(it, 1):
         if show and (i % step == 0 or i == total): print(f'{i}/{total} patients')
         yield x
+
+# %% ../nbs/00_phantom.ipynb #lesstat1
+def lesion_statistics(images, labels=None, bg=.1, bone=.6, thick=1.5, margin=.25, rim=.02, min_area=.001,
+                      max_leak=.5, masks=False):
+    """Mask-free statistics of brain-windowed slices `images` ((N, H, W) or (N, 1, H, W) in [-1, 1], -1 black).
+    Grey levels are window units (x + 1) / 2; lengths are fractions of the image side, areas of the image area,
+    so 64- and 128-pixel slices compare. Steps, per slice:
+    - head: largest component above `bg`, holes filled; head_fill = bounding-box extent / side.
+    - bright: above m + `bone` (p99 - m), p99 the head's 99th percentile, m the median below it (real PNGs do not
+      always saturate the skull; saturated blood is bright too).
+    - brain: non-bright head pixels that a 4-connected bright ring cuts off from the air, scalp and frame, plus
+      bright pixels deeper below the skull's outer surface than `thick` x its median thickness (blood against
+      the skull); opened (cuts thin leaks through skull gaps), deepest component, holes filled (enclosed blood).
+      All NaN if it still touches the air along more than `max_leak` x side (no closed skull ring).
+    - lesion: brain pixels above the brain median + `margin`, farther than `rim` from the brain's edge
+      (partial volume), in 8-connected components of at least `min_area`.
+    Returns a DataFrame, one row per slice (plus `label` if given); with `masks`, also the (N, H, W) lesion masks."""
+    g = (np.asarray(images, np.float32) + 1) / 2
+    g = g.reshape(-1, *g.shape[-2:])
+    edt = lambda m: ndimage.distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1]     # distance to ~m or the frame
+    deepest = lambda lab, k, d: lab == 1 + np.argmax(ndimage.maximum(d, lab, np.arange(1, k + 1)))
+    rows, out = [], []
+    for im in g:
+        side = max(im.shape)
+        lab, k = ndimage.label(im > bg, np.ones((3, 3)))
+        if k == 0: rows.append({}); out.append(np.zeros(im.shape, bool)); continue   # blank image
+        head = ndimage.binary_fill_holes(lab == 1 + np.argmax(np.bincount(lab.ravel())[1:]))
+        ys, xs = np.nonzero(head)
+        top = np.quantile(im[head], .99)
+        lo = np.median(im[head & (im < top)])
+        bright = head & (im > lo + bone * (top - lo))
+        lab, k = ndimage.label(head & ~bright)                                  # 4-connected: a thin skull separates
+        in_head = edt(head)
+        cav = deepest(lab, k, in_head)                                          # brain less its bright blood
+        at_edge = ndimage.binary_dilation(np.pad(~head, 1, constant_values=True))[1:-1, 1:-1]
+        outer = ~head | ((lab > 0) & ~cav & np.isin(lab, lab[at_edge]))        # air, scalp, frame
+        depth = edt(~outer)                                                     # below the skull's outer surface
+        inner = bright & ndimage.binary_dilation(cav)                          # the skull's inner surface
+        skull = bright & (depth <= thick * np.median(depth[inner])) if inner.any() else bright
+        lab, k = ndimage.label(ndimage.binary_opening(head & ~outer & ~skull, iterations=max(1, round(.015 * side))))
+        brain = ndimage.binary_fill_holes(deepest(lab, k, in_head)) if k else lab > 0
+        if (brain & ndimage.binary_dilation(~head)).sum() > max_leak * side: brain[:] = False
+        a = brain.sum() or np.nan
+        level = np.median(im[brain]) if brain.any() else np.nan
+        lesion = (im > level + margin) & (edt(brain) > rim * side)
+        lab, k = ndimage.label(lesion, np.ones((3, 3)))
+        area = np.bincount(lab.ravel(), minlength=k + 1)[1:]
+        keep = area >= min_area * im.size
+        lesion = np.isin(lab, 1 + np.flatnonzero(keep))
+        out.append(lesion)
+        rows.append(dict(head_fill=(max(np.ptp(ys), np.ptp(xs)) + 1) / side, brain_fraction=a / im.size,
+                         brain_level=level, lesion_fraction=lesion.sum() / a,
+                         lesion_contrast=im[lesion].mean() - level if lesion.any() else np.nan,
+                         lesion_eq_diameter=np.sqrt(area[keep].max(initial=0) / a)))
+    df = pd.DataFrame(rows, columns=['head_fill', 'brain_fraction', 'brain_level', 'lesion_fraction',
+                                     'lesion_contrast', 'lesion_eq_diameter'])
+    if labels is not None: df['label'] = np.asarray(labels)
+    return (df, np.stack(out)) if masks else df
