@@ -21,9 +21,9 @@ def phantom(
 ):
     "Generate the synthetic multi-facility head-CT dataset (images + labels.csv)."
     from rcdiff.phantom import make_phantom
-    from rcdiff.report import parse_overrides, RunError
+    from rcdiff.config import parse_overrides, ConfigError
     try: overrides = parse_overrides(p)
-    except RunError as e: return _fail(e.problems)
+    except ConfigError as e: return _fail(e.problems)
     try: csv = make_phantom(out, preset=preset, seed=seed, workers=workers, progress=True, **overrides)
     except (FileExistsError, ValueError) as e: return _fail([str(e)])
     print(f"wrote {csv}")
@@ -56,11 +56,11 @@ def check_data(
 
 # %% ../nbs/91_cli.ipynb #2c1b5306
 def run(
-    preset: Param("parameter preset", str, choices=['tiny', 'paper'])='tiny',
+    preset: Param("a preset of rcdiff.config: tiny (CPU, minutes), paper (GPU), smoke (tests, seconds)", str)='tiny',
     data: Param("labels.csv or .npz of your own data (default: the embedded phantom)", str)=None,
     out: Param("run folder to create (default: reports/<preset>-<time>); never overwritten", str)=None,
     only: Param("run only these experiments (e.g. 00_data or data)", str, nargs='+')=None,
-    p: Param("override a parameter, e.g. -p seed=1 or -p pretrain_fraction=0.5 (repeatable)", str, action='append')=None,
+    p: Param("override a setting by its dotted key, e.g. -p pretrain.steps=4 or -p data.pretrain_fraction=0.5 (repeatable)", str, action='append')=None,
     classes: Param("the classes you expect in --data, comma separated", str)=None,
     quiet: Param("no progress bars", bool)=False,
 ):

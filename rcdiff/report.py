@@ -5,73 +5,21 @@
 # %% ../nbs/90_report.ipynb #71b32bd8
 from __future__ import annotations
 import datetime, hashlib, json, numbers, os, platform, re, shutil, subprocess, sys, time
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
 import yaml
 
+from .config import Config, ConfigError, PRESETS, load_config, overrides_of, parse_overrides, to_yaml
+
 # %% auto #0
-__all__ = ['PRESETS', 'RUNNER_KEYS', 'EXPERIMENTS', 'EXPERIMENT_SPLITS', 'RunError', 'repo_root', 'experiment_notebooks',
-           'select_experiments', 'needed_splits', 'split_problems', 'notebook_parameters', 'parse_overrides',
-           'resolve_parameters', 'fit_image_size', 'environment', 'to_markdown', 'RunDir', 'phantom_cache_folder',
-           'default_data', 'run_experiments']
+__all__ = ['EXPERIMENTS', 'EXPERIMENT_SPLITS', 'NOTEBOOK_PARAMETERS', 'LATENT_EXPERIMENTS', 'RunError', 'repo_root',
+           'experiment_notebooks', 'select_experiments', 'needed_splits', 'split_problems', 'notebook_parameters',
+           'check_notebooks', 'fit_image_size', 'environment', 'to_markdown', 'RunDir', 'phantom_cache_folder',
+           'default_data', 'Setup', 'data_path', 'setup', 'run_experiments']
 
 # %% ../nbs/90_report.ipynb #fe297583
-PRESETS = {
-    'tiny':  dict(phantom='tiny',  phantom_seed=0, phantom_overrides={}, seed=0, image_size=64, pretrain_fraction=None,
-                  # 01_pretrain: latents 4x16x16 (PCA p=4) and a CPU-sized DiT, chosen in 93_tiny_recipe (valid split):
-                  # DiT-XS/4 (16 tokens) affords 4x the steps of DiT-XS/2 in the same seconds; the xs encoder keeps
-                  # the representation model within 1.5x of the unconditional one
-                  tokenizer='pca', pca_patch=4, pca_components=4, pretrain_model='DiT-XS/4', pretrain_steps=1000,
-                  pretrain_batch_size=32, pretrain_lr=2e-4, pretrain_ema_decay=0.999, encoder_size='xs', r_dim=64,
-                  audit_r_widths=[64], audit_images=256,
-                  # 02_classify: tuning, a 16-entry noise bank, CPU-sized baselines (ResNet-18, ViT-Ti) and DINOv2
-                  seeds=[0], tune_steps=600, tune_batch_size=32, tune_lr=3e-4, tune_ema_decay=0.995, tune_eval_every=200,
-                  tune_balance='sampler', tune_label_init='auto', tune_valid_n_t=8, dc_n_t=8, dc_n_eps=2, dc_min_band=0,
-                  dc_batch_size=64, adaptive_z=2.0, adaptive_min_samples=2, adaptive_chunk=1, cnn='resnet18', vit='vit_tiny',
-                  vit_patch=16, baseline_epochs=3, baseline_batch_size=32, baseline_lr=1e-3, dino_arch='vit_tiny', dino_steps=20,
-                  dino_batch_size=16, dino_local_crops=2, n_boot=2000,
-                  # 03_generate: 150 samples per model with DDIM (FID is biased at this N: the run prints a
-                  # real-vs-real floor); the EMA of 1,000 steps at 0.999 still holds 37 % of the initial weights → raw
-                  gen_samples=150, gen_sampler='ddim', gen_steps=50, gen_weights='auto', gen_batch_size=100, fid_weights='',
-                  fid_batch_size=50, partial_t=100, partial_images=3,
-                  # 04_dcube: the phantom's 3-class `location` task; a CPU-sized U-ViT (16-pixel patches: a 4x4 token
-                  # grid) trained 250 steps per model, 5 classifier epochs, a ResNet-10t for the sub-features, small
-                  # synthetic and FID sets: the notebook's 10-minute budget on 2 cores
-                  dcube_label_column='', dcube_uvit='uvit-cpu', dcube_patch=16, dcube_steps=250, dcube_batch_size=32,
-                  dcube_lr=5e-4, dcube_lambda=1.0, dcube_margin=0.1, dcube_label_dropout=0.1, dcube_ks_values=256,
-                  dcube_ks_images=64, dcube_epochs=5, dcube_clf_batch_size=32, dcube_clf_lr=1e-3, dcube_weight_decay=0.1,
-                  dcube_ema=0.999, dcube_lambda_cycle=10.0, dcube_lambda_consistency=0.1, dcube_resnet='resnet10t',
-                  dcube_resnet_weights='', dcube_dc_n_t=8, dcube_dc_n_eps=1, dcube_syn_fraction=0.2, dcube_fid_per_class=20,
-                  dcube_sample_steps=50),
-    'paper': dict(phantom='paper', phantom_seed=0, phantom_overrides={}, seed=0, image_size=256, pretrain_fraction=None,
-                  # 01_pretrain: Table 2 of the RC-LDT paper (DiT-B/2, batch 16, lr 1e-4, 4x32x32 latents: give the
-                  # SD-VAE folder with -p tokenizer=PATH; the PCA default has the same latent shape). Steps, EMA and
-                  # the encoder size are not in the paper: our choices.
-                  tokenizer='pca', pca_patch=8, pca_components=4, pretrain_model='DiT-B/2', pretrain_steps=100_000,
-                  pretrain_batch_size=16, pretrain_lr=1e-4, pretrain_ema_decay=0.9999, encoder_size='base', r_dim=768,
-                  audit_r_widths=[16, 128, 768], audit_images=1024,
-                  # 02_classify: the paper's ResNet-50, ViT-B and DINOv2 (ViT-B); tuning length, bank size, epochs and
-                  # seeds are not in the paper: our choices (Li et al. use 50+ timesteps per class)
-                  seeds=[0, 1, 2], tune_steps=5000, tune_batch_size=16, tune_lr=1e-4, tune_ema_decay=0.999,
-                  tune_eval_every=500, tune_balance='sampler', tune_label_init='auto', tune_valid_n_t=10, dc_n_t=50, dc_n_eps=2,
-                  dc_min_band=0, dc_batch_size=1024,
-                  adaptive_z=2.0, adaptive_min_samples=4, adaptive_chunk=2, cnn='resnet50', vit='vit_base', vit_patch=16,
-                  baseline_epochs=50, baseline_batch_size=32, baseline_lr=3e-4, dino_arch='vit_base', dino_steps=10_000,
-                  dino_batch_size=64, dino_local_crops=8, n_boot=2000,
-                  # 03_generate: FID-10k as the paper; the sampler is not in the paper: DiT's DDPM with 250 steps
-                  gen_samples=10_000, gen_sampler='ddpm', gen_steps=250, gen_weights='auto', gen_batch_size=256,
-                  fid_weights='', fid_batch_size=200, partial_t=100, partial_images=4,
-                  # 04_dcube: the paper's margin, λ_cons, EMA, weight decay, flip; its U-ViT size and step-1 learning rate
-                  # are not in the text: U-ViT-M with 16-pixel patches on 256x256 (a 16x16 grid), ~300 epochs of step 1
-                  dcube_label_column='', dcube_uvit='uvit-mid', dcube_patch=16, dcube_steps=20_000, dcube_batch_size=64,
-                  dcube_lr=2e-4, dcube_lambda=1.0, dcube_margin=0.1, dcube_label_dropout=0.1, dcube_ks_values=256,
-                  dcube_ks_images=256, dcube_epochs=70, dcube_clf_batch_size=32, dcube_clf_lr=1e-4, dcube_weight_decay=0.1,
-                  dcube_ema=0.999, dcube_lambda_cycle=10.0, dcube_lambda_consistency=0.1, dcube_resnet='resnet50',
-                  dcube_resnet_weights='', dcube_dc_n_t=50, dcube_dc_n_eps=1, dcube_syn_fraction=0.67,
-                  dcube_fid_per_class=1000, dcube_sample_steps=250),
-}
-RUNNER_KEYS = ('phantom', 'phantom_seed', 'phantom_overrides')  # read by the runner, not by notebooks
 EXPERIMENTS = ['00_data', '01_pretrain', '02_classify', '03_generate', '04_dcube']  # the default run, in reading order
 
 # %% ../nbs/90_report.ipynb #8230551b
@@ -117,33 +65,35 @@ EXPERIMENT_SPLITS = {
     '04_dcube': ('train', 'valid', 'test'),           # step 1 on train; selection and the classifier's epoch on valid
     '90_phantom_difficulty': ('train', 'valid', 'test'),
     '91_bench_dit': (),                               # random latents
-    '92_bench_classify': lambda p: ('pretrain', 'valid', 'test') if p.get('tuned_run') else (),  # only its tuned-model part
+    '92_bench_classify': lambda cfg: ('pretrain', 'valid', 'test') if cfg.bench_classify.tuned_run else (),  # its tuned-model part
     '93_tiny_recipe': ('pretrain', 'train', 'valid'),  # never the test split
 }
 _SPLIT_WHAT = {'pretrain': 'pre-training images (a pretrain split, or train images)', 'train': 'labelled train images', 'valid': 'validation images',
                'test': 'test images'}
 
-def needed_splits(name, params=None) -> tuple:
-    "The splits experiment `name` reads with parameters `params` (none for an experiment not in `EXPERIMENT_SPLITS`)."
+def needed_splits(name, cfg: Config | None = None) -> tuple:
+    "The splits experiment `name` reads under `cfg` (none for an experiment not in `EXPERIMENT_SPLITS`)."
     need = EXPERIMENT_SPLITS.get(name, ())
-    return tuple(need(params or {}) if callable(need) else need)
+    return tuple(need(cfg or Config()) if callable(need) else need)
 
 def _split_fix(split) -> str:
     "What fills an empty `split`."
     return f"give the data '{split}' rows (a 'split' column) or more patients"
 
-def split_problems(table, params: dict) -> list:
-    "One line per empty split that a selected experiment reads; `params` maps experiment names to their parameters."
+def split_problems(table, names, cfg: Config | None = None) -> list:
+    "One line per empty split that one of the experiments `names` reads under `cfg`."
     n = dict(table['split'].value_counts()) if 'split' in table else {}
     n['pretrain'] = n.get('pretrain', 0) or n.get('train', 0)   # no pretrain split: pre-training reads the train images
     who = {}
-    for name, p in params.items():
-        for s in needed_splits(name, p):
+    for name in names:
+        for s in needed_splits(name, cfg):
             if n.get(s, 0) == 0: who.setdefault(s, []).append(name)
     return [f"split '{s}' is empty, but {' and '.join(names)} need{'s' if len(names) == 1 else ''} {_SPLIT_WHAT[s]}: "
             f"{_split_fix(s)}" for s in ('pretrain', 'train', 'valid', 'test') if s in who for names in [who[s]]]
 
 # %% ../nbs/90_report.ipynb #95e2f101
+NOTEBOOK_PARAMETERS = ('preset', 'overrides')   # an experiment's parameters cell declares these and nothing else
+
 def notebook_parameters(path) -> dict:
     "Names and default values (as source text) of the notebook's `parameters` cell."
     import ast, nbformat, papermill as pm
@@ -159,43 +109,12 @@ def notebook_parameters(path) -> dict:
                        "keep each one a simple `name = value  # comment` line without quotes in the comment")
     return {k: v['default'] for k, v in params.items()}
 
-def _parse_value(text):
-    "YAML, plus the floats PyYAML's YAML 1.1 reads as strings (`1e-4`)."
-    if not text.strip(): return ''
-    try: v = yaml.safe_load(text)
-    except yaml.YAMLError: return text
-    if isinstance(v, str):
-        try: return float(v)
-        except ValueError: pass
-    return v
-
-def parse_overrides(pairs) -> dict:
-    "Parse `key=value` strings; values are read as YAML scalars/lists/dicts."
-    out, bad = {}, []
-    for pair in pairs or []:
-        key, sep, value = pair.partition('=')
-        key = key.strip()
-        if not sep or not re.fullmatch(r'[A-Za-z_]\w*', key):
-            bad.append(f"bad parameter {pair!r}: expected key=value"); continue
-        out[key] = _parse_value(value)
+def check_notebooks(notebooks: dict):
+    "Every experiment declares `preset` and `overrides` only (its settings come from the config)."
+    bad = [f"{p.name}: its parameters cell declares {', '.join(sorted(set(ps) ^ set(NOTEBOOK_PARAMETERS)))}; "
+           f"it must declare exactly {' and '.join(NOTEBOOK_PARAMETERS)} (settings belong in rcdiff.config)"
+           for p in notebooks.values() for ps in [notebook_parameters(p)] if set(ps) != set(NOTEBOOK_PARAMETERS)]
     if bad: raise RunError(bad)
-    return out
-
-# %% ../nbs/90_report.ipynb #2446c74d
-def resolve_parameters(notebooks: dict, preset='tiny', overrides=None, data='', out_dir='') -> dict:
-    "Per-notebook parameters: the preset's values, then `overrides`, limited to what each notebook declares."
-    if preset not in PRESETS: raise RunError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
-    overrides = dict(overrides or {})
-    declared = {name: notebook_parameters(p) for name, p in notebooks.items()}
-    known = set(RUNNER_KEYS).union(*declared.values())
-    unknown = sorted(set(overrides) - known - {'preset', 'data', 'out_dir'})
-    if unknown:
-        raise RunError([f"unknown parameter {k!r}: no selected notebook declares it "
-                        f"(known: {', '.join(sorted(known - set(RUNNER_KEYS)))})" for k in unknown])
-    for k in ('preset', 'data', 'out_dir'):
-        if k in overrides: raise RunError(f"set {k!r} with the --{k.replace('_dir', '')} option, not with -p")
-    values = {**PRESETS[preset], **overrides, 'preset': preset, 'data': str(data), 'out_dir': str(out_dir)}
-    return {name: {k: v for k, v in values.items() if k in names} for name, names in declared.items()}
 
 # %% ../nbs/90_report.ipynb #fitszcd
 def _downsampling(tokenizer, pca_patch) -> tuple:
@@ -348,38 +267,85 @@ def default_data(phantom='tiny', phantom_seed=0, phantom_overrides=None, progres
         make_phantom(folder, preset=phantom, seed=phantom_seed, progress=progress, **overrides)
     return csv
 
+# %% ../nbs/90_report.ipynb #setupcd
+@dataclass
+class Setup:
+    "What an experiment starts from: its run folder, the checked data and, where it makes latents, the tokenizer."
+    run: RunDir
+    ds: object                     # rcdiff.data.Dataset
+    image_size: int
+    note: str = ''                 # why image_size was rounded ('' if it was not)
+    tokenizer: object = None
+    _latents: dict = field(default_factory=dict, repr=False)
+
+    def split(self, split: str) -> str:
+        "`'pretrain'` is the pre-training split, or 'train' when the data has none."
+        return self.ds.pretrain_split if split == 'pretrain' else split
+
+    def images(self, split: str):
+        return self.ds.images(self.split(split), size=self.image_size)
+
+    def latents(self, split: str):
+        "The split's `LatentSet` (posterior means and stds, both flips), encoded once."
+        from rcdiff.latents import encode_dataset
+        s = self.split(split)
+        if s not in self._latents: self._latents[s] = encode_dataset(self.ds, self.tokenizer, s, size=self.image_size)
+        return self._latents[s]
+
+def data_path(cfg: Config) -> Path:
+    "`cfg.data.path`, or the labels.csv of the embedded phantom (generated into the cache on first use)."
+    d = cfg.data
+    return Path(d.path) if d.path else default_data(d.phantom, d.phantom_seed, d.phantom_overrides)
+
+def setup(cfg: Config, name: str, tokenizer: bool = True, label_column: str | None = None) -> Setup:
+    "The run folder of experiment `name`, its dataset and (if `tokenizer`) the tokenizer fitted on the pre-training images."
+    from rcdiff.data import Dataset
+    from rcdiff.latents import load_tokenizer
+    d = cfg.data
+    own = label_column in (None, d.label_column)    # the classes a user names (--classes) are those of data.label_column
+    ds = Dataset.open(data_path(cfg), classes=[c.strip() for c in d.classes.split(',')] if d.classes and own else None,
+                      seed=cfg.seed, pretrain_fraction=d.pretrain_fraction, label_column=label_column or d.label_column)
+    S = Setup(RunDir(cfg.out_dir, name), ds, d.image_size)
+    if tokenizer:
+        S.image_size, S.note = fit_image_size(d.image_size, cfg.tokenizer.name, cfg.tokenizer.pca_patch, cfg.pretrain.model)
+        S.tokenizer = load_tokenizer(cfg.tokenizer.spec, images=S.images('pretrain'), seed=cfg.seed)
+    return S
+
 # %% ../nbs/90_report.ipynb #769c37e1
 def _default_out(preset):
     stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
     return repo_root()/'reports'/f'{preset}-{stamp}'
 
-def _fit_sizes(resolved, values, log):
-    "Round `image_size` in place (`fit_image_size`) for every experiment that makes latents; log each note once."
-    notes, bad = [], []
-    for name, p in resolved.items():
-        if 'image_size' not in p or 'tokenizer' not in p: continue
-        try: size, note = fit_image_size(p['image_size'], p['tokenizer'], p.get('pca_patch', values.get('pca_patch', 4)),
-                                         p.get('pretrain_model', values.get('pretrain_model', 'DiT-T/2')))
-        except ValueError as e:
-            if f"{e}" not in bad: bad.append(f"{e}")
-            continue
-        p['image_size'] = size
-        if note and note not in notes: notes.append(note); log(note)
+LATENT_EXPERIMENTS = ('01_pretrain', '02_classify', '03_generate', '92_bench_classify', '93_tiny_recipe')  # they tokenize
+
+def _check_values(cfg: Config, names, log):
+    "Values the schema's types cannot check; rounds `data.image_size` (in place) where a selected experiment makes latents."
+    d, bad = cfg.data, []
+    if d.image_size < 1: bad.append(f"image_size must be a positive integer, got {d.image_size}")
+    pf = d.pretrain_fraction
+    if pf is not None and not 0 <= pf < 1: bad.append(f"pretrain_fraction must be a number in [0, 1), or null for none, got {pf!r}")
+    if not bad and any(n in LATENT_EXPERIMENTS for n in names):
+        try: size, note = fit_image_size(d.image_size, cfg.tokenizer.name, cfg.tokenizer.pca_patch, cfg.pretrain.model)
+        except ValueError as e: bad.append(f"{e}")
+        else:
+            if note: log(note)
+            d.image_size = size
     if bad: raise RunError(bad)
 
-def _positive(report, params) -> dict:
-    "02_classify's positive class from the checked data's train labels and its `positive` parameter."
+def _positive(report, cfg: Config) -> dict:
+    "02_classify's positive class from the checked data's train labels and `cfg.data.positive`."
     from rcdiff.data import choose_positive
+    positive = cfg.data.positive
     if len(report.classes) != 2:
-        if params.get('positive'):
-            raise RunError(f"02_classify: positive={params['positive']!r} is for two classes; this task has {len(report.classes)} "
+        if positive:
+            raise RunError(f"02_classify: positive={positive!r} is for two classes; this task has {len(report.classes)} "
                            f"({', '.join(map(str, report.classes))})")
         return {'class': None, 'index': None,
                 'reason': f"{len(report.classes)} classes: no positive class; metrics are macro averages over the classes"}
     idx = {str(c): i for i, c in enumerate(report.classes)}
     t = report.table
     y = [idx[str(v)] for v in t.loc[t['split'] == 'train', 'label'] if str(v) in idx]
-    try: i, why = choose_positive(report.classes, y, params.get('positive'))
+    try: i, why = choose_positive(report.classes, y, positive)
     except ValueError as e: raise RunError(f"02_classify: {e}") from None
     return {'class': report.classes[i], 'index': i, 'reason': why}
 
@@ -387,26 +353,30 @@ def run_experiments(preset='tiny', data=None, out=None, only=None, params=None, 
                     progress=True, log=print) -> Path:
     "Execute the experiment notebooks with papermill into a new run folder; return its path."
     import papermill as pm
-    from rcdiff.data import check_data
+    from rcdiff.data import check_data, multiclass_column
     t0 = time.time()
     notebooks = select_experiments(only)
-    overrides = parse_overrides(params) if isinstance(params, (list, tuple)) else dict(params or {})
+    try:
+        given = parse_overrides(params)
+        cfg = load_config(preset, given)
+    except ConfigError as e: raise RunError(e.problems) from None
+    for k, opt in (('data.path', '--data'), ('out_dir', '--out')):
+        if k in given: raise RunError(f"set {k!r} with the {opt} option, not with -p")
     out = Path(out) if out else _default_out(preset)
     if out.exists(): raise RunError(f"run folder {out} already exists: refusing to overwrite it; choose another --out")
-    resolved = resolve_parameters(notebooks, preset, overrides, data or '', out.resolve())
-    values = {**PRESETS[preset], **overrides}
-    _fit_sizes(resolved, values, log)
-    pf = values.get('pretrain_fraction')
-    if pf is not None and (isinstance(pf, bool) or not isinstance(pf, numbers.Real) or not 0 <= pf < 1):
-        raise RunError(f"pretrain_fraction must be a number in [0, 1), or null for none, got {pf!r}")
-    runner = {k: overrides.get(k, PRESETS[preset][k]) for k in RUNNER_KEYS}
+    check_notebooks(notebooks)
+    _check_values(cfg, notebooks, log)
+    if classes: cfg.data.classes = ','.join(map(str, classes))
     if data:
         data = Path(data).resolve()
         log(f"checking {data} …")
     else:
-        log(f"embedded default data: phantom preset {runner['phantom']!r} (generated once, then cached)")
-        data = default_data(**runner, progress=progress)
-    report = check_data(data, classes=classes, pretrain_fraction=pf, label_column=values.get('label_column', 'label'))
+        log(f"embedded default data: phantom preset {cfg.data.phantom!r} (generated once, then cached)")
+        data = default_data(cfg.data.phantom, cfg.data.phantom_seed, cfg.data.phantom_overrides, progress=progress)
+    cfg.data.path, cfg.out_dir = str(data), str(out.resolve())
+    check = lambda column: check_data(data, classes=classes, seed=cfg.seed, pretrain_fraction=cfg.data.pretrain_fraction,
+                                      label_column=column)
+    report = check(cfg.data.label_column)
     if not report.ok:
         raise RunError([f"data problem: {p}" for p in report.problems])
     attrs = report.table.attrs
@@ -414,33 +384,30 @@ def run_experiments(preset='tiny', data=None, out=None, only=None, params=None, 
     log(attrs.get('pretraining', ''))
     for line in report.counts().loc[['train', 'valid', 'test']].to_string().splitlines(): log(f"    {line}")
     for w in attrs.get('split_warnings', []): log(f"warning: {w}")
-    empty = split_problems(report.table, resolved)
+    empty = split_problems(report.table, notebooks, cfg)
     if empty: raise RunError(empty)
-    positive = _positive(report, resolved['02_classify']) if '02_classify' in resolved else None
+    positive = _positive(report, cfg) if '02_classify' in notebooks else None
     if positive: log(f"positive class of 02_classify: {positive['reason']}")
-    if '04_dcube' in resolved:   # D-Cube's task may read another label column (the phantom's 3-class `location`)
-        from rcdiff.data import multiclass_column
-        lc = multiclass_column(report.table.columns, resolved['04_dcube'].get('dcube_label_column', ''))
-        rep4 = report if lc == values.get('label_column', 'label') else check_data(data, classes=classes, pretrain_fraction=pf, label_column=lc)
+    if '04_dcube' in notebooks:   # D-Cube's task may read another label column (the phantom's 3-class `location`)
+        lc = multiclass_column(report.table.columns, cfg.dcube.label_column)
+        rep4 = report if lc == cfg.data.label_column else check(lc)
         if not rep4.ok: raise RunError([f"04_dcube (label column '{lc}'): {p}" for p in rep4.problems])
         log(f"04_dcube: the '{lc}' column, {len(rep4.classes)} classes ({', '.join(map(str, rep4.classes))})")
-    for p in resolved.values():
-        if 'data' in p: p['data'] = str(data)
-        if 'classes' in p and classes: p['classes'] = ','.join(map(str, classes))
+    overrides = overrides_of(cfg, preset)       # what every notebook receives, beside the preset's name
     out.mkdir(parents=True)
     (out/'notebooks').mkdir()
     (out/'params.yaml').write_text(yaml.safe_dump(dict(preset=preset, data=str(data), splits=attrs.get('split_rule'),
         pretraining=attrs.get('pretraining'), split_warnings=attrs.get('split_warnings', []),
-        **({'positive': positive} if positive else {}), runner=runner, overrides=overrides, notebooks=resolved,
-        command=' '.join(sys.argv)), sort_keys=False))
-    env = environment(); env.update(started=datetime.datetime.now().isoformat(timespec='seconds'), seed=overrides.get('seed', PRESETS[preset]['seed']))
+        **({'positive': positive} if positive else {}), experiments=list(notebooks), overrides=overrides,
+        command=' '.join(sys.argv), config=yaml.safe_load(to_yaml(cfg))), sort_keys=False))
+    env = environment(); env.update(started=datetime.datetime.now().isoformat(timespec='seconds'), seed=cfg.seed)
     _atomic_write(out/'env.json', json.dumps(env, indent=2))
     timings = {}
     for i, (name, path) in enumerate(notebooks.items(), 1):
         log(f"[{i}/{len(notebooks)}] {name} …")
         t = time.time()
         try:
-            pm.execute_notebook(str(path), str(out/'notebooks'/f'{name}.ipynb'), parameters=resolved[name],
+            pm.execute_notebook(str(path), str(out/'notebooks'/f'{name}.ipynb'), parameters=dict(preset=preset, overrides=overrides),
                                 kernel_name='python3', progress_bar=progress, cwd=str(repo_root()))
         except pm.PapermillExecutionError as e:
             msg = (f"notebook {name} failed at cell {e.cell_index} (In [{e.exec_count}]): {e.ename}: {e.evalue}; "

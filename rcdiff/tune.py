@@ -100,6 +100,7 @@ class TuneConfig:
     ema_decay: float = 0.999
     use_ema: bool = True            # evaluate and return the EMA weights (else the raw ones)
     class_dropout: float = 0.       # label dropout to a null class (only needed for guidance)
+    label_init: str = 'auto'        # how the new label rows start (`from_pretrained`, called by the experiment before `tune`)
     balance: str = 'sampler'        # 'sampler': class-balanced batches; 'none': natural class frequencies
     grad_clip: float | None = 1.0
     flip: bool = True               # horizontal flips from the LatentSet's flipped copy
@@ -113,6 +114,7 @@ class TuneConfig:
     def __post_init__(self):
         if self.balance not in ('sampler', 'none'): raise ValueError(f"balance must be 'sampler' or 'none', not {self.balance!r}")
         if self.select not in ('best', 'last'): raise ValueError(f"select must be 'best' or 'last', not {self.select!r}")
+        if self.label_init not in LABEL_INITS: raise ValueError(f"label_init must be one of {LABEL_INITS}, not {self.label_init!r}")
         for k in ('steps', 'batch_size', 'eval_every', 'valid_samples'):
             if getattr(self, k) < (0 if k == 'steps' else 1): raise ValueError(f"{k} must be >= {0 if k == 'steps' else 1}, got {getattr(self, k)}")
         if not 0 <= self.ema_decay < 1: raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")

@@ -18,8 +18,8 @@ def _cli(*args):
 
 def test_run_writes_the_report_folder(png_dataset, tmp_path):
     out = tmp_path/'runs'/'r1'
-    r = _cli('run', '--data', png_dataset, '--out', out, '--quiet', '--only', 'data', '-p', 'image_size=16',
-             '-p', 'samples_per_cell=2')
+    r = _cli('run', '--data', png_dataset, '--out', out, '--quiet', '--only', 'data', '-p', 'data.image_size=16',
+             '-p', 'figures.samples_per_cell=2')
     assert r.returncode == 0, r.stderr[-3000:]
     for f in ['params.yaml', 'env.json', 'metrics.json', 'notebooks/00_data.ipynb',
               'figures/class_balance.png', 'figures/samples_by_facility_and_class.png',
@@ -33,7 +33,8 @@ def test_run_writes_the_report_folder(png_dataset, tmp_path):
     assert env['packages']['torch'] and env['finished'] and '00_data' in env['seconds']
     import yaml
     params = yaml.safe_load((out/'params.yaml').read_text())
-    assert params['notebooks']['00_data']['image_size'] == 16 and params['preset'] == 'tiny'
+    assert params['config']['data']['image_size'] == 16 and params['preset'] == 'tiny'
+    assert params['overrides']['figures.samples_per_cell'] == 2 and params['config']['pretrain']['steps'] == 1000
 
 
 def test_run_refuses_to_overwrite_an_existing_folder(png_dataset, tmp_path):
@@ -45,14 +46,20 @@ def test_run_refuses_to_overwrite_an_existing_folder(png_dataset, tmp_path):
 
 def test_run_rejects_unknown_parameters_before_doing_anything(png_dataset, tmp_path):
     out = tmp_path/'r'
-    assert main(['run', '--data', str(png_dataset), '--out', str(out), '-p', 'imagesize=32']) == 1
+    assert main(['run', '--data', str(png_dataset), '--out', str(out), '-p', 'data.imagesize=32']) == 1
     assert not out.exists()
-    r = _cli('run', '--data', png_dataset, '--out', out, '-p', 'imagesize=32')
-    assert r.returncode == 1 and "unknown parameter 'imagesize'" in r.stderr and not out.exists()
+    r = _cli('run', '--data', png_dataset, '--out', out, '-p', 'data.imagesize=32', '-p', 'tune.steps=many')
+    assert r.returncode == 1 and not out.exists()
+    assert len(r.stderr.splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("error: unknown setting 'data.imagesize'; did you mean data.image_size,"), r.stderr
+    r = _cli('run', '--data', png_dataset, '--out', out, '-p', 'tune.steps=many')
+    assert r.returncode == 1 and r.stderr.startswith("error: tune.steps='many': Value 'many'") and not out.exists()
 
 
 def test_run_rejects_unknown_preset_and_experiment(png_dataset, tmp_path):
-    assert main(['run', '--preset', 'huge']) == 2
+    assert main(['run', '--preset', 'huge']) == 1
+    r = _cli('run', '--preset', 'huge')
+    assert r.returncode == 1 and "unknown preset 'huge' (known: tiny, paper, smoke" in r.stderr
     r = _cli('run', '--data', png_dataset, '--out', tmp_path/'r', '--only', 'nosuch')
     assert r.returncode == 1 and "unknown experiment 'nosuch'" in r.stderr
 
@@ -66,7 +73,7 @@ def test_run_checks_data_before_any_notebook(png_dataset, tmp_path):
 
 def test_failing_notebook_is_named_with_its_cell(png_dataset, tmp_path):
     out = tmp_path/'r'
-    r = _cli('run', '--data', png_dataset, '--out', out, '--quiet', '--only', 'data', '-p', 'image_size=-3')
+    r = _cli('run', '--data', png_dataset, '--out', out, '--quiet', '--only', 'data', '-p', 'figures.samples_per_cell=-1')
     assert r.returncode == 1
     assert 'notebook 00_data failed at cell' in r.stderr, r.stderr[-2000:]
     assert (out/'FAILED.txt').exists() and (out/'notebooks'/'00_data.ipynb').exists()
@@ -74,7 +81,7 @@ def test_failing_notebook_is_named_with_its_cell(png_dataset, tmp_path):
 
 def test_bad_image_size_for_latents_is_refused_before_any_notebook(png_dataset, tmp_path):
     out = tmp_path/'r'
-    r = _cli('run', '--data', png_dataset, '--out', out, '--quiet', '-p', 'image_size=-3')
+    r = _cli('run', '--data', png_dataset, '--out', out, '--quiet', '-p', 'data.image_size=-3')
     assert r.returncode == 1 and r.stderr.strip() == 'error: image_size must be a positive integer, got -3' and not out.exists()
 
 
@@ -114,14 +121,14 @@ def test_check_data_npz_shows_what_pretraining_reads(tmp_path):
 
 def test_run_refuses_an_empty_train_split_before_any_notebook(tmp_path):
     npz, out = _npz(tmp_path/'m.npz', n=(0, 6, 6)), tmp_path/'r'
-    r = _cli('run', '--data', npz, '--out', out, '--quiet', '--only', 'pretrain', '-p', 'image_size=28')
+    r = _cli('run', '--data', npz, '--out', out, '--quiet', '--only', 'pretrain', '-p', 'data.image_size=28')
     assert r.returncode == 1 and not out.exists()
     assert "split 'train' is empty" in r.stderr, r.stderr
 
 
 def test_run_on_an_npz_prints_what_pretraining_reads(tmp_path):
     npz, out = _npz(tmp_path/'m.npz'), tmp_path/'r'
-    r = _cli('run', '--data', npz, '--out', out, '--quiet', '--only', 'data', '-p', 'image_size=28', '-p', 'samples_per_cell=1')
+    r = _cli('run', '--data', npz, '--out', out, '--quiet', '--only', 'data', '-p', 'data.image_size=28', '-p', 'figures.samples_per_cell=1')
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'splits: from the npz keys' in r.stdout and 'pre-training reads the 24 train images without their labels' in r.stdout
     assert 'warning: valid holds 6 patients' in r.stdout
@@ -131,22 +138,17 @@ def test_run_on_an_npz_prints_what_pretraining_reads(tmp_path):
     assert 'pre-training reads the 24 train images' in nb and "class '1' is positive" in nb   # what pre-training reads and the positive class, printed
 
 
-SMALL = 'phantom_overrides={size: 32, render: 48, pretrain: 66, train: 40, valid: 20, test: 20}'
-
-
 def test_run_on_the_embedded_phantom_generates_it_once(tmp_path, monkeypatch):
     monkeypatch.setenv('RCDIFF_CACHE', str(tmp_path/'own-cache'))  # the runner's subprocess inherits it
-    r = _cli('run', '--out', tmp_path/'a', '--quiet', '--only', 'data', '-p', SMALL, '-p', 'image_size=32',
-             '-p', 'samples_per_cell=1')
+    r = _cli('run', '--preset', 'smoke', '--out', tmp_path/'a', '--quiet', '--only', 'data')
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((tmp_path/'a'/'metrics.json').read_text())['00_data']
-    assert m['images'] == 146 and m['facilities'] == 12
-    assert m['split_sizes'] == {'pretrain': 66, 'train': 40, 'valid': 20, 'test': 20}
+    assert m['images'] == 186 and m['facilities'] == 12
+    assert m['split_sizes'] == {'pretrain': 66, 'train': 60, 'valid': 30, 'test': 30}
     cached = list((Path(os.environ['RCDIFF_CACHE'])/'phantom').glob('tiny-seed0-*/labels.csv'))
     assert len(cached) == 1
     stamp = cached[0].stat().st_mtime_ns
-    r = _cli('run', '--out', tmp_path/'b', '--quiet', '--only', 'data', '-p', SMALL, '-p', 'image_size=32',
-             '-p', 'samples_per_cell=1')
+    r = _cli('run', '--preset', 'smoke', '--out', tmp_path/'b', '--quiet', '--only', 'data')
     assert r.returncode == 0 and cached[0].stat().st_mtime_ns == stamp  # reused, not regenerated
 
 
@@ -168,9 +170,8 @@ def test_phantom_command_writes_once(tmp_path):
 def test_pretrain_and_benchmark_experiments_run_end_to_end(tmp_path):
     "01_pretrain (three LDTs, Fig. 8, leakage audit) and 91_bench_dit on a very small phantom, a few steps each."
     out = tmp_path/'pre'
-    r = _cli('run', '--out', out, '--quiet', '--only', 'pretrain', 'bench_dit', '-p', SMALL, '-p', 'image_size=28',
-             '-p', 'pretrain_steps=4', '-p', 'audit_images=16', '-p', 'audit_r_widths=[4, 64]',
-             '-p', 'steps=1', '-p', 'repeats=1', '-p', 'warmup=1')
+    r = _cli('run', '--preset', 'smoke', '--out', out, '--quiet', '--only', 'pretrain', 'bench_dit', '-p', 'data.image_size=28',
+             '-p', 'audit.r_widths=[4, 64]')
     assert r.returncode == 0, r.stderr[-3000:]
     for f in ['figures/fig8_pretrain_loss.png', 'figures/audit_loss_by_t.png', 'tables/min_loss.csv',
               'tables/audit_loss_vs_r_width.csv', 'tables/dit_step_time.csv', 'notebooks/01_pretrain.ipynb',
@@ -182,7 +183,7 @@ def test_pretrain_and_benchmark_experiments_run_end_to_end(tmp_path):
     assert all(0 < v < 10 for v in pre['min_loss'].values())
     assert pre['latent_shape'] == [4, 8, 8]                                 # 28 px rounded up to 32: 8x8 latents tile
     import yaml
-    assert yaml.safe_load((out/'params.yaml').read_text())['notebooks']['01_pretrain']['image_size'] == 32
+    assert yaml.safe_load((out/'params.yaml').read_text())['config']['data']['image_size'] == 32
     assert 'image_size 28 → 32' in r.stdout
     width = pd.read_csv(out/'tables'/'audit_loss_vs_r_width.csv')
     assert len(width) == 3  # the unconditional reference + two widths
@@ -194,11 +195,8 @@ def test_pretrain_and_benchmark_experiments_run_end_to_end(tmp_path):
 def test_classify_and_its_benchmark_run_end_to_end(tmp_path):
     "02_classify (pre-trains here when the run has no checkpoints, tunes, classifies, baselines, Table 4) and 92_bench_classify."
     out = tmp_path/'cls'
-    r = _cli('run', '--out', out, '--quiet', '--only', 'classify', 'bench_classify', '-p', SMALL, '-p', 'image_size=32',
-             '-p', 'pretrain_steps=2', '-p', 'tune_steps=2', '-p', 'tune_eval_every=1', '-p', 'dc_n_t=3',
-             '-p', 'baseline_epochs=1', '-p', 'dino_steps=1', '-p', 'n_boot=50', '-p', 'bank_n_t=2',
-             '-p', 'naive_images=1', '-p', 'batched_images=2', '-p', 'repeats=1', '-p', 'model=DiT-T/4',
-             '-p', f'tuned_run={out}', '-p', 'adaptive_bank_n_t=4', '-p', 'adaptive_bank_n_eps=1', '-p', 'adaptive_zs=[2.0]')
+    r = _cli('run', '--preset', 'smoke', '--out', out, '--quiet', '--only', 'classify', 'bench_classify',
+             '-p', f'bench_classify.tuned_run={out}')
     assert r.returncode == 0, r.stderr[-3000:]
     for f in ['tables/table4_raw.csv', 'tables/table4_calibrated.csv', 'tables/table4_paper.csv', 'tables/classification_all.csv',
               'tables/adaptive_vs_exhaustive.csv', 'figures/fig9_zt_and_z0_pred.png', 'figures/accuracy_vs_t.png',
@@ -207,9 +205,9 @@ def test_classify_and_its_benchmark_run_end_to_end(tmp_path):
         assert (out/f).exists(), f
     m = json.loads((out/'metrics.json').read_text())
     c = m['02_classify']
-    assert c['test_images'] == 20 and len(c['table4_raw']) == 8         # 3 baselines, 2 x Zero (Eq. 4), 3 x DC chosen on valid
+    assert c['test_images'] == 30 and len(c['table4_raw']) == 8         # 3 baselines, 2 x Zero (Eq. 4), 3 x DC chosen on valid
     claims = pd.read_csv(out/'tables'/'claims.csv')
-    assert len(claims) == 14 and set(claims.verdict) <= {'holds', 'refuted', 'unresolved'} and (claims.n_test == 20).all()
+    assert len(claims) == 14 and set(claims.verdict) <= {'holds', 'refuted', 'unresolved'} and (claims.n_test == 30).all()
     assert (claims.positive_class == 'hematoma').all() and (claims.low <= claims.high).all()
     miss = pd.read_csv(out/'tables'/'recall_by_subgroup.csv')
     assert 'hematoma_type' in set(miss.column) and 'fluid_level' in set(miss.column)
@@ -237,10 +235,7 @@ def test_classify_and_its_benchmark_run_end_to_end(tmp_path):
 def test_tiny_recipe_study_runs_end_to_end(tmp_path):
     "93_tiny_recipe on a small phantom with every factor at one extra level: the points table, the figure, the summary."
     out = tmp_path/'recipe'
-    r = _cli('run', '--out', out, '--quiet', '--only', 'tiny_recipe', '-p', SMALL, '-p', 'image_size=32',
-             '-p', 'pretrain_steps=4', '-p', 'tune_steps=2', '-p', 'tune_eval_every=1', '-p', 'pretrain_multipliers=[0.5, 1]',
-             '-p', 'lr_multipliers=[3]', '-p', 'label_inits=[zeros]', '-p', 'ema_levels=[0]', '-p', 'alt_models=[DiT-XS/2]',
-             '-p', 'scratch_multipliers=[1]', '-p', 'baseline_epochs=1', '-p', 'study_n_t=2', '-p', 'study_n_eps=1')
+    r = _cli('run', '--preset', 'smoke', '--out', out, '--quiet', '--only', 'tiny_recipe')
     assert r.returncode == 0, r.stderr[-3000:]
     pts = pd.read_csv(out/'tables'/'recipe_points.csv')
     want = {'pretrain_steps', 'tune_lr', 'label_init', 'tune_ema', 'pretrain_batch', 'model', 'from scratch'}
@@ -249,7 +244,7 @@ def test_tiny_recipe_study_runs_end_to_end(tmp_path):
     assert (out/'figures'/'auroc_vs_seconds.png').exists() and (out/'tables'/'bank_size.csv').exists()
     m = json.loads((out/'metrics.json').read_text())['93_tiny_recipe']
     assert m['condition_shift']['r_emb_norm'] > 0 and 0 <= m['nearest_class_mean_auroc']['valid'] <= 1
-    assert m['valid_images'] == 20 and m['positive_class'] == 'hematoma'
+    assert m['valid_images'] == 30 and m['positive_class'] == 'hematoma'
 
 
 def _adm_npz(path, a, key='arr_0'):
@@ -305,9 +300,7 @@ def test_evaluate_scores_two_sets_and_never_overwrites(tmp_path, capsys):
 def test_generate_experiment_runs_end_to_end(tmp_path):
     "01_pretrain then 03_generate on a very small phantom: samples in ADM's format, Table 3, Figs. 6 and 7."
     out = tmp_path/'gen'
-    r = _cli('run', '--out', out, '--quiet', '--only', 'pretrain', 'generate', '-p', SMALL, '-p', 'image_size=32',
-             '-p', 'pretrain_steps=4', '-p', 'audit_images=8', '-p', 'audit_r_widths=[64]', '-p', 'gen_samples=6',
-             '-p', 'gen_steps=2', '-p', 'partial_t=5', '-p', 'partial_images=1', '-p', 'fid_batch_size=8')
+    r = _cli('run', '--preset', 'smoke', '--out', out, '--quiet', '--only', 'pretrain', 'generate', '-p', 'audit.images=8')
     assert r.returncode == 0, r.stderr[-3000:]
     for f in ['tables/table3.csv', 'tables/table3_paper.csv', 'figures/fig6_tsne.png', 'figures/fig7_partial_denoising.png',
               'figures/samples_grid.png', 'notebooks/03_generate.ipynb']:
@@ -326,17 +319,10 @@ def test_generate_experiment_runs_end_to_end(tmp_path):
     assert g['n_samples'] == 6 and set(g['fid']) == set(t3.index)
 
 
-SMALL3 = 'phantom_overrides={size: 32, render: 48, pretrain: 66, train: 60, valid: 30, test: 30, prevalence: 0.4}'
-
-
 def test_classify_and_dcube_run_on_the_phantoms_three_class_task(tmp_path):
     "02_classify on the `location` column (macro metrics, confusion matrices) and 04_dcube (its default task), a few steps each."
     out = tmp_path/'three'
-    r = _cli('run', '--out', out, '--quiet', '--only', 'classify', 'dcube', '-p', SMALL3, '-p', 'image_size=32',
-             '-p', 'label_column=location', '-p', 'pretrain_steps=2', '-p', 'tune_steps=2', '-p', 'tune_eval_every=1',
-             '-p', 'dc_n_t=3', '-p', 'baseline_epochs=1', '-p', 'dino_steps=1', '-p', 'n_boot=50',
-             '-p', 'dcube_steps=3', '-p', 'dcube_epochs=1', '-p', 'dcube_ks_images=8', '-p', 'dcube_dc_n_t=2',
-             '-p', 'dcube_fid_per_class=3', '-p', 'dcube_sample_steps=2', '-p', 'dcube_syn_fraction=0.2')
+    r = _cli('run', '--preset', 'smoke', '--out', out, '--quiet', '--only', 'classify', 'dcube', '-p', 'data.label_column=location')
     assert r.returncode == 0, r.stderr[-3000:]
     assert "04_dcube: the 'location' column, 3 classes (extra_axial, intra_axial, no_bleed)" in r.stdout
     m = json.loads((out/'metrics.json').read_text())
@@ -370,15 +356,12 @@ def test_dcube_on_a_three_class_labels_csv(tmp_path):
             rows.append(dict(path=f'img/p{p}_{k}.png', label=c, patient_id=f'P{p}', split=s))
     pd.DataFrame(rows).to_csv(root/'labels.csv', index=False)
     out = tmp_path/'run'
-    r = _cli('run', '--data', root/'labels.csv', '--out', out, '--quiet', '--only', 'classify', 'dcube', '-p', 'image_size=32',
-             '-p', 'pretrain_steps=2', '-p', 'tune_steps=2', '-p', 'tune_eval_every=1', '-p', 'dc_n_t=3', '-p', 'dino_steps=1',
-             '-p', 'dcube_steps=3', '-p', 'dcube_epochs=1', '-p', 'dcube_ks_images=8', '-p', 'dcube_dc_n_t=2', '-p', 'n_boot=50',
-             '-p', 'baseline_epochs=1', '-p', 'dcube_fid_per_class=3', '-p', 'dcube_sample_steps=2')
+    r = _cli('run', '--preset', 'smoke', '--data', root/'labels.csv', '--out', out, '--quiet', '--only', 'classify', 'dcube')
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((out/'metrics.json').read_text())
     assert m['02_classify']['classes'] == ['benign', 'malignant', 'normal'] and len(m['02_classify']['table_multiclass_raw']) == 8
     d = m['04_dcube']
     assert d['task'] == dict(label_column='label', classes=['benign', 'malignant', 'normal'],
                              n_test=sum(r['split'] == 'test' for r in rows))
-    r = _cli('run', '--data', root/'labels.csv', '--out', tmp_path/'bad', '--quiet', '--only', 'dcube', '-p', 'dcube_label_column=grade')
+    r = _cli('run', '--data', root/'labels.csv', '--out', tmp_path/'bad', '--quiet', '--only', 'dcube', '-p', 'dcube.label_column=grade')
     assert r.returncode == 1 and "missing required column 'grade'" in r.stderr and not (tmp_path/'bad').exists()

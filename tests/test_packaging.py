@@ -43,15 +43,19 @@ def test_readme_install_and_test_commands_are_what_ci_runs():
     assert 'rcdiff run --preset tiny' in blocks[2]
 
 
-def test_experiment_notebooks_have_parameters_cell_starting_with_preset():
+def test_experiments_take_every_setting_from_the_config():
+    "Each parameters cell declares `preset` and `overrides` only; no experiment builds a library config from loose values."
     nbs = sorted((ROOT/'nbs'/'experiments').glob('*.ipynb'))
     assert nbs and (ROOT/'nbs'/'experiments'/'.notest').exists()
     for nb in nbs:
         cells = json.loads(nb.read_text())['cells']
         tagged = [c for c in cells if 'parameters' in c.get('metadata', {}).get('tags', [])]
         assert len(tagged) == 1, f"{nb.name}: needs exactly one cell tagged 'parameters'"
-        first = next(l for l in ''.join(tagged[0]['source']).splitlines() if l.strip() and not l.startswith('#'))
-        assert first.startswith('preset'), f"{nb.name}: the first parameter must be `preset`"
+        assert re.findall(r'^(\w+)\s*=', ''.join(tagged[0]['source']), re.M) == ['preset', 'overrides'], nb.name
+        code = '\n'.join(''.join(c['source']) for c in cells if c['cell_type'] == 'code')
+        assert 'load_config(preset, overrides)' in code, nb.name
+        made = re.findall(r'\b(TrainConfig|TuneConfig|ClassifierConfig|DINOConfig|Step1Config|DCubeConfig)\(', code)
+        assert not made, f"{nb.name} builds {made} by hand: use dataclasses.replace on the config's part"
 
 
 def test_library_notebooks_export_one_module_each():

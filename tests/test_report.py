@@ -76,13 +76,17 @@ def test_image_size_bad_values_are_one_clear_error(kw, msg):
 
 def test_runner_records_the_resolved_image_size_and_prints_the_note(tmp_path, no_notebooks):
     log = []
-    out = run_experiments(data=npz(tmp_path/'m.npz'), out=tmp_path/'r', only=['data', 'pretrain'], params={'image_size': 28},
+    out = run_experiments(data=npz(tmp_path/'m.npz'), out=tmp_path/'r', only=['data', 'pretrain'], params={'data.image_size': 28},
                           progress=False, log=log.append)
     params = yaml.safe_load((out/'params.yaml').read_text())
-    assert params['notebooks']['01_pretrain']['image_size'] == 32            # makes latents: rounded
-    assert params['notebooks']['00_data']['image_size'] == 28                # only shows images: as given
-    assert [p['image_size'] for name, p in no_notebooks] == [28, 32]
+    assert params['config']['data']['image_size'] == 32                      # 01 makes latents: rounded, for the whole run
+    assert params['overrides']['data.image_size'] == 32
+    assert [p['overrides']['data.image_size'] for name, p in no_notebooks] == [32, 32]   # every notebook sees the same config
+    assert all(set(p) == {'preset', 'overrides'} for name, p in no_notebooks)
     assert sum('image_size 28 → 32' in m for m in log) == 1
+    params = yaml.safe_load((run_experiments(data=tmp_path/'m.npz', out=tmp_path/'r2', only=['data'], params={'data.image_size': 28},
+                                             progress=False, log=log.append)/'params.yaml').read_text())
+    assert params['config']['data']['image_size'] == 28                      # no latents made: as given
 
 
 # ---------------------------------------------------------------- splits every selected experiment needs
@@ -96,50 +100,50 @@ def test_every_experiment_declares_the_splits_it_reads():
 def test_runner_without_pretrain_split_pretrains_on_train_and_says_so(tmp_path, no_notebooks):
     log = []
     out = run_experiments(data=npz(tmp_path/'m.npz'), out=tmp_path/'r', only=['data', 'pretrain', 'classify'],
-                          params={'image_size': 28}, progress=False, log=log.append)
+                          params={'data.image_size': 28}, progress=False, log=log.append)
     assert 'no pre-training split: pre-training reads the 24 train images without their labels (valid and test never enter)' in log
     assert any(m.startswith('warning: valid holds 6 patients') for m in log)           # too small to decide: said once
     params = yaml.safe_load((out/'params.yaml').read_text())
-    assert params['pretraining'].startswith('no pre-training split') and params['notebooks']['01_pretrain']['pretrain_fraction'] is None
+    assert params['pretraining'].startswith('no pre-training split') and params['config']['data']['pretrain_fraction'] is None
     assert [n for n, _ in no_notebooks] == ['00_data', '01_pretrain', '02_classify']
 
 
 def test_empty_split_messages_name_the_fix():
     import pandas as pd
     t = pd.DataFrame({'split': ['train', 'valid', 'test']})
-    assert split_problems(t, {'01_pretrain': {}}) == []                 # pre-training reads the train images
+    assert split_problems(t, ['01_pretrain']) == []                 # pre-training reads the train images
     t = pd.DataFrame({'split': ['pretrain', 'train', 'valid']})
-    assert split_problems(t, {'90_phantom_difficulty': {}}) == [
+    assert split_problems(t, ['90_phantom_difficulty']) == [
         "split 'test' is empty, but 90_phantom_difficulty needs test images: give the data 'test' rows (a 'split' column) or more patients"]
 
 
 def test_runner_pretrain_fraction_sets_images_aside(tmp_path, no_notebooks):
     log = []
-    out = run_experiments(data=npz(tmp_path/'m.npz'), out=tmp_path/'r', only=['pretrain'], params={'image_size': 28, 'pretrain_fraction': 0.5},
+    out = run_experiments(data=npz(tmp_path/'m.npz'), out=tmp_path/'r', only=['pretrain'], params={'data.image_size': 28, 'data.pretrain_fraction': 0.5},
                           progress=False, log=log.append)
     assert any('pretrain_fraction=0.5: 12 of the 24 train patients moved' in m for m in log)
     params = yaml.safe_load((out/'params.yaml').read_text())
-    assert 'pretrain_fraction=0.5' in params['splits'] and params['notebooks']['01_pretrain']['pretrain_fraction'] == 0.5
+    assert 'pretrain_fraction=0.5' in params['splits'] and params['config']['data']['pretrain_fraction'] == 0.5
     with pytest.raises(RunError, match=r'pretrain_fraction must be a number in \[0, 1\)'):
-        run_experiments(data=tmp_path/'m.npz', out=tmp_path/'r2', only=['pretrain'], params={'pretrain_fraction': 1})
+        run_experiments(data=tmp_path/'m.npz', out=tmp_path/'r2', only=['pretrain'], params={'data.pretrain_fraction': 1})
     assert not (tmp_path/'r2').exists()
 
 
 # ---------------------------------------------------------------- the positive class in params.yaml
 def test_runner_records_the_positive_class_when_classify_is_selected(tmp_path, no_notebooks):
     log = []
-    out = run_experiments(data=npz(tmp_path/'m.npz'), out=tmp_path/'r', only=['classify'], params={'image_size': 28},
+    out = run_experiments(data=npz(tmp_path/'m.npz'), out=tmp_path/'r', only=['classify'], params={'data.image_size': 28},
                           progress=False, log=log.append)
     pos = yaml.safe_load((out/'params.yaml').read_text())['positive']
     assert pos['class'] == 1 and pos['index'] == 1 and 'minority class of the train split (8 of 24 images)' in pos['reason']
     assert any(m.startswith('positive class of 02_classify: ') for m in log)
-    out = run_experiments(data=tmp_path/'m.npz', out=tmp_path/'r2', only=['classify'], params={'image_size': 28, 'positive': 0},
+    out = run_experiments(data=tmp_path/'m.npz', out=tmp_path/'r2', only=['classify'], params={'data.image_size': 28, 'data.positive': 0},
                           progress=False, log=log.append)
     assert yaml.safe_load((out/'params.yaml').read_text())['positive']['class'] == 0
     with pytest.raises(RunError, match=r"02_classify: positive class '7' is not one of the classes \(0, 1\)"):
-        run_experiments(data=tmp_path/'m.npz', out=tmp_path/'r3', only=['classify'], params={'positive': 7})
+        run_experiments(data=tmp_path/'m.npz', out=tmp_path/'r3', only=['classify'], params={'data.positive': 7})
     assert not (tmp_path/'r3').exists()
-    out = run_experiments(data=tmp_path/'m.npz', out=tmp_path/'r4', only=['pretrain'], params={'image_size': 28},
+    out = run_experiments(data=tmp_path/'m.npz', out=tmp_path/'r4', only=['pretrain'], params={'data.image_size': 28},
                           progress=False, log=log.append)
     assert 'positive' not in yaml.safe_load((out/'params.yaml').read_text())
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from sklearn.metrics import roc_auc_score
 from rcdiff.data import Dataset, choose_positive
-from rcdiff.report import PRESETS, RUNNER_KEYS, default_data
+from rcdiff.config import load_config
+from rcdiff.report import data_path
 from rcdiff.latents import load_tokenizer, encode_dataset
 from rcdiff.diffusion import Diffusion
 from rcdiff.train import TrainConfig, train, load_checkpoint
@@ -99,7 +100,7 @@ def study(name, ds, pos, budgets):
         run_tune(f'{name}_{cond}_ema', init, budgets['tune'], sec)
 
 q = 0.02 if args.quick else args.scale
-ds = Dataset.open(default_data(**{k: PRESETS['tiny'][k] for k in RUNNER_KEYS}))
+ds = Dataset.open(data_path(load_config('tiny')))
 pos, _ = choose_positive(ds.classes, ds.labels('train'), '')
 study('phantom', ds, pos, dict(scratch=90 * q, pretrain=75 * q, tune=40 * q))
 if args.breast:

@@ -3,10 +3,11 @@ import sys, time, numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from sklearn.linear_model import LogisticRegression
 from rcdiff.data import Dataset, choose_positive
-from rcdiff.report import PRESETS, RUNNER_KEYS, default_data
+from rcdiff.config import load_config
+from rcdiff.report import data_path
 from rcdiff.latents import load_tokenizer, encode_dataset
 torch.manual_seed(0)
-ds=Dataset.open(default_data(**{k: PRESETS['tiny'][k] for k in RUNNER_KEYS}))
+ds=Dataset.open(data_path(load_config('tiny')))
 pos,_=choose_positive(ds.classes, ds.labels('train'), '')
 tok=load_tokenizer('pca:p=4,k=4', images=ds.images('pretrain', size=64), seed=0)
 lat={s: encode_dataset(ds, tok, s, size=64) for s in ('train','valid','test')}

@@ -10,7 +10,8 @@ Run: OMP_NUM_THREADS=2 .venv/bin/python bench/diagnostics/memorise.py 1500 [DiT-
 import sys, tempfile, time, numpy as np, torch
 from sklearn.metrics import roc_auc_score
 from rcdiff.data import Dataset, choose_positive
-from rcdiff.report import PRESETS, RUNNER_KEYS, default_data
+from rcdiff.config import load_config
+from rcdiff.report import data_path
 from rcdiff.latents import load_tokenizer, encode_dataset
 from rcdiff.diffusion import Diffusion
 from rcdiff.train import TrainConfig
@@ -18,7 +19,7 @@ from rcdiff.tune import TuneConfig, tune, from_scratch
 from rcdiff.classify import make_bank, class_errors, scores
 steps=int(sys.argv[1]); model=sys.argv[2] if len(sys.argv)>2 else 'DiT-XS/4'; lr=float(sys.argv[3]) if len(sys.argv)>3 else 3e-4
 torch.manual_seed(0)
-ds=Dataset.open(default_data(**{k: PRESETS['tiny'][k] for k in RUNNER_KEYS}))
+ds=Dataset.open(data_path(load_config('tiny')))
 pos,_=choose_positive(ds.classes, ds.labels('train'), '')
 tok=load_tokenizer('pca:p=4,k=4', images=ds.images('pretrain', size=64), seed=0)
 lat={s: encode_dataset(ds, tok, s, size=64) for s in ('train','valid')}

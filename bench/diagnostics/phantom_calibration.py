@@ -1,5 +1,5 @@
 """How hard is the phantom for a method-neutral reference? The tiny run's ResNet-18 (02_classify's baseline: the
-`cnn`, `baseline_*` settings of the tiny preset, epoch chosen on valid AUROC) trained on facility 1 of a phantom
+`baselines.*` settings of the tiny preset, epoch chosen on valid AUROC) trained on facility 1 of a phantom
 generated with the given difficulty overrides. Prints valid and test AUROC (positive = hematoma), and the test
 AUROC of each hematoma kind against all negatives. Issue 17 calibrated the phantom's default on the valid column;
 never on a diffusion model's score.
@@ -10,6 +10,7 @@ Each argument is one phantom (JSON of `rcdiff.phantom.resolve_preset` overrides;
 facility 1 is rendered). About 3 minutes per phantom on 2 cores; phantoms are kept in --cache between calls.
 """
 import argparse, hashlib, json, time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np, pandas as pd, torch
@@ -18,19 +19,18 @@ from sklearn.metrics import roc_auc_score
 from rcdiff import baselines as B
 from rcdiff.data import Dataset
 from rcdiff.phantom import HEMATOMA_KINDS, make_phantom
-from rcdiff.report import PRESETS
+from rcdiff.config import load_config
 
 
 def reference_auroc(csv, seed: int = 0) -> dict:
     "Valid/test AUROC of the tiny preset's ResNet baseline on the downstream splits of `csv`, and test AUROC per kind."
-    P = PRESETS['tiny']
+    cfg = load_config('tiny')
     ds = Dataset.open(csv)
     pos = ds.classes.index('hematoma')
-    x = {s: ds.images(s, size=P['image_size']) for s in ('train', 'valid', 'test')}
+    x = {s: ds.images(s, size=cfg.data.image_size) for s in ('train', 'valid', 'test')}
     y = {s: ds.labels(s) for s in x}
-    cfg = B.ClassifierConfig(epochs=P['baseline_epochs'], batch_size=P['baseline_batch_size'], lr=P['baseline_lr'], seed=seed)
-    m = B.make_classifier(P['cnn'], 2, in_chans=1, image_size=P['image_size'], seed=seed)
-    r = B.train_classifier(m, x['train'], y['train'], x['valid'], y['valid'], cfg)
+    m = B.make_classifier(cfg.baselines.cnn, 2, in_chans=1, image_size=cfg.data.image_size, seed=seed)
+    r = B.train_classifier(m, x['train'], y['train'], x['valid'], y['valid'], replace(cfg.baselines.train, seed=seed))
     score = {s: (lambda L: (L[:, pos] - L[:, 1 - pos]).numpy())(B.predict_logits(r['model'], x[s])) for s in ('valid', 'test')}
     yt, kind = (y['test'] == pos).numpy(), ds.rows('test')['hematoma_type'].to_numpy()
     out = dict(valid=roc_auc_score((y['valid'] == pos).numpy(), score['valid']), test=roc_auc_score(yt, score['test']))

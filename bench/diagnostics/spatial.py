@@ -2,14 +2,15 @@
 import sys, time, numpy as np, torch, torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from rcdiff.data import Dataset, choose_positive
-from rcdiff.report import PRESETS, RUNNER_KEYS, default_data
+from rcdiff.config import load_config
+from rcdiff.report import data_path
 from rcdiff.latents import load_tokenizer, encode_dataset
 from rcdiff.diffusion import Diffusion
 from rcdiff.tune import load_tuned
 from rcdiff.classify import make_bank
 from rcdiff.classify import eps_part
 torch.manual_seed(0)
-ds=Dataset.open(default_data(**{k: PRESETS['tiny'][k] for k in RUNNER_KEYS}))
+ds=Dataset.open(data_path(load_config('tiny')))
 pos,_=choose_positive(ds.classes, ds.labels('train'), '')
 tok=load_tokenizer('pca:p=4,k=4', images=ds.images('pretrain', size=64), seed=0)
 lat={s: encode_dataset(ds, tok, s, size=64) for s in ('valid','test')}
