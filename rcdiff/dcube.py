@@ -11,11 +11,11 @@ from .losses import cycle_loss, consistency_loss, dcube_loss, EMA
 
 # %% auto #0
 __all__ = ['null_label', 'FeatureCache', 'extract_features', 'Step1Config', 'train_step1', 'SubFeatures', 'DCube', 'DCubeConfig',
-           'predict_dcube', 'train_dcube']
+           'predict_dcube', 'train_dcube', 'split_features', 'gaussianity_features', 'synthetic_labels']
 
 # %% ../nbs/16_dcube.ipynb #fc9dacc5
 __all__ = ['FeatureCache', 'extract_features', 'SubFeatures', 'DCube', 'DCubeConfig', 'train_dcube', 'predict_dcube',
-           'null_label', 'Step1Config', 'train_step1']
+           'null_label', 'Step1Config', 'train_step1', 'split_features', 'gaussianity_features', 'synthetic_labels']
 
 def null_label(model) -> int:
     "The index of the null (unconditional) class token of a U-ViT trained with label dropout: its last embedding row."
@@ -270,3 +270,29 @@ def train_dcube(model: DCube, train: FeatureCache, x_train: torch.Tensor, y_trai
     if best[1] is not None: out.load_state_dict(best[1])
     return dict(model=out.eval(), best_epoch=best[2], best_metric=best[0], history=pd.DataFrame(hist),
                 evals=pd.DataFrame(evals), seconds=time.time() - t0)
+
+# %% ../nbs/16_dcube.ipynb #b6d0c1a2
+def split_features(model, x: dict, blocks, seed: int = 0, **kwargs) -> dict:
+    """`extract_features` of every split of `x` (split -> images): split i, in the dict's order, with seed `seed + i`;
+    returns split -> FeatureCache. Extra arguments go to `extract_features`."""
+    return {s: extract_features(model, xs, list(blocks), seed=seed + i, **kwargs) for i, (s, xs) in enumerate(x.items())}
+
+@torch.no_grad()
+def gaussianity_features(model, x: torch.Tensor, n_images: int, seed: int = 0, T: int = 1000) -> dict:
+    """`model.features` (block name -> map) of `n_images` images drawn without replacement from the clean images `x`,
+    each at a random t in [0, T), with the null class token: the input of the KS test of Fig. 2 (one generator, `seed`)."""
+    if int(n_images) < 1: raise ValueError(f"n_images must be >= 1, got {n_images}")
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(x), generator=g)[:n_images]
+    t = torch.randint(0, T, (len(pick),), generator=g)
+    dev = next(model.parameters()).device
+    model.eval()
+    return model.features(x[pick].to(dev), t.to(dev), torch.full((len(pick),), null_label(model), device=dev))
+
+def synthetic_labels(y, num_classes: int, fraction: float) -> torch.Tensor:
+    """The labels of the synthetic images that bring every class of `y` up to at least `fraction` of the largest
+    class's count (rounded up); class 0's first, then class 1's, … (Table III of the D-Cube paper)."""
+    if not fraction >= 0: raise ValueError(f"fraction must be >= 0, got {fraction}")
+    n = torch.bincount(torch.as_tensor(y).long(), minlength=num_classes)
+    need = (torch.ceil(fraction * n.max()) - n).clamp(min=0).long()
+    return torch.cat([torch.full((int(k),), c) for c, k in enumerate(need)]).long()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import math
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,8 +15,8 @@ from torch import nn
 from .diffusion import Diffusion, _gen, _randn, eps_part, loss as eps_loss
 
 # %% auto #0
-__all__ = ['DISTANCES', 'pair_distance', 'contrastive_loss', 'make_pairs', 'step1_loss', 'cycle_loss', 'consistency_loss',
-           'dcube_loss', 'EMA']
+__all__ = ['DISTANCES', 'pair_distance', 'contrastive_loss', 'make_pairs', 'step1_loss', 'contrastive_probe', 'cycle_loss',
+           'consistency_loss', 'dcube_loss', 'EMA']
 
 # %% ../nbs/14_losses.ipynb #e9cd32f9
 DISTANCES = ('normalized', 'rms')
@@ -118,6 +119,24 @@ def step1_loss(model, diffusion: Diffusion, x1: torch.Tensor, y1, x2: torch.Tens
     mse = eps_loss(eps1, f1['out']) + eps_loss(eps2, f2['out'])
     con = contrastive_loss(f1['mid_block'], f2['mid_block'], y1 == y2 if same is None else same, margin, distance)
     return dict(loss=mse + lam * con, mse=mse.detach(), contrastive=con.detach())
+
+# %% ../nbs/14_losses.ipynb #c9a1e0b2
+@torch.no_grad()
+def contrastive_probe(model, diffusion: Diffusion, x: torch.Tensor, y, null: int, margin: float = 0.1, seed: int = 0,
+                      same_fraction: float = 0.5) -> pd.DataFrame:
+    """Eq. (4) (`contrastive`, λ = 1) and Eq. (3) (`mse`, both inputs) of `step1_loss` on the pairs `make_pairs(y, seed,
+    same_fraction)` of the images `x`, the model told the true classes `y` and told the class `null`; t and ε from a
+    generator seeded `seed + 1` for each. One row per condition ('true class', 'null class'), index 'condition'."""
+    y = _labels(y, len(x))
+    perm = make_pairs(y, torch.Generator().manual_seed(seed), same_fraction)
+    same = y == y[perm]
+    rows = {}
+    for cond in ('true class', 'null class'):
+        c = y if cond == 'true class' else torch.full_like(y, null)
+        r = step1_loss(model, diffusion, x, c, x[perm], c[perm], torch.Generator().manual_seed(seed + 1), lam=1.0,
+                       margin=margin, same=same)
+        rows[cond] = {'contrastive': float(r['contrastive']), 'mse': float(r['mse'])}
+    return pd.DataFrame.from_dict(rows, orient='index').rename_axis('condition')
 
 # %% ../nbs/14_losses.ipynb #51e74ba7
 def _frozen(model):

@@ -14,10 +14,11 @@ import yaml
 from .config import Config, ConfigError, PRESETS, load_config, overrides_of, parse_overrides, to_yaml
 
 # %% auto #0
-__all__ = ['EXPERIMENTS', 'EXPERIMENT_SPLITS', 'NOTEBOOK_PARAMETERS', 'LATENT_EXPERIMENTS', 'RunError', 'repo_root',
+__all__ = ['EXPERIMENTS', 'EXPERIMENT_SPLITS', 'NOTEBOOK_PARAMETERS', 'HEADLINES', 'LATENT_EXPERIMENTS', 'RunError', 'repo_root',
            'experiment_notebooks', 'select_experiments', 'needed_splits', 'split_problems', 'notebook_parameters',
-           'check_notebooks', 'fit_image_size', 'environment', 'to_markdown', 'RunDir', 'phantom_cache_folder',
-           'default_data', 'Setup', 'data_path', 'setup', 'run_experiments']
+           'check_notebooks', 'fit_image_size', 'environment', 'to_markdown', 'RunDir', 'write_run_readme',
+           'library_notebooks', 'run_lessons', 'lesson_is_fresh', 'phantom_cache_folder', 'default_data', 'Setup',
+           'data_path', 'setup', 'run_experiments']
 
 # %% ../nbs/90_report.ipynb #fe297583
 EXPERIMENTS = ['00_data', '01_pretrain', '02_classify', '03_generate', '04_dcube']  # the default run, in reading order
@@ -241,6 +242,95 @@ def _jsonable(v):
     if isinstance(v, np.ndarray): return v.tolist()
     return v
 
+# %% ../nbs/90_report.ipynb #runmdcd
+HEADLINES = {   # experiment -> the tables a reader looks at first, in order
+    '00_data': ['split_sizes'], '01_pretrain': ['min_loss'], '02_classify': ['table4_calibrated', 'claims'],
+    '03_generate': ['table3'], '04_dcube': ['table2_dcube', 'table4_dcube_ablation'],
+    '90_phantom_difficulty': ['result'], '91_bench_dit': ['dit_step_time'], '92_bench_classify': ['classifier_throughput'],
+    '93_tiny_recipe': ['recipe_points'],
+}
+
+def write_run_readme(out) -> Path:
+    "Write `out/README.md`: what ran, on which data, how long it took, the findings and the headline tables."
+    out = Path(out)
+    read = lambda name, default: (yaml.safe_load if name.endswith('.yaml') else json.loads)((out/name).read_text()) \
+        if (out/name).exists() else default
+    params, env, metrics = read('params.yaml', {}), read('env.json', {}), read('metrics.json', {})
+    seconds = env.get('seconds', {})
+    ran = params.get('experiments') or list(seconds) or list(metrics)
+    lines = [f"# Run `{out.name}`", '',
+             f"`{params.get('command') or 'rcdiff run'}` — preset `{params.get('preset', '?')}`; data `{params.get('data', '?')}`; "
+             f"git {str(env.get('git_commit', '?'))[:7]}{' (dirty)' if env.get('git_dirty') else ''}; "
+             f"{env.get('device', '?')}, {env.get('torch_threads', '?')} threads.", '']
+    if params.get('overrides'):
+        lines += ['Overrides of the preset: ' + ', '.join(f"`{k}={v}`" for k, v in params['overrides'].items()
+                                                          if k not in ('data.path', 'out_dir')) + '.', '']
+    for k in ('splits', 'pretraining'):
+        if params.get(k): lines.append(f"- {params[k]}")
+    lines += [f"- warning: {w}" for w in params.get('split_warnings', [])]
+    if params.get('positive'): lines.append(f"- positive class (02_classify): {params['positive']['reason']}")
+    lines += ['', '| experiment | seconds |', '|---|---|'] + [f"| [{n}](notebooks/{n}.ipynb) | {seconds.get(n, 'not finished')} |"
+                                                           for n in ran]
+    if 'total_seconds' in env: lines.append(f"| total | {env['total_seconds']} |")
+    if (out/'FAILED.txt').exists(): lines += ['', f"**This run failed:** {(out/'FAILED.txt').read_text().strip()}"]
+    for n in ran:
+        tables = [t for t in HEADLINES.get(n, []) if (out/'tables'/f'{t}.md').exists()]
+        finding = metrics.get(n, {}).get('findings')
+        if not (tables or finding): continue
+        lines += ['', f"## {n}", '']
+        if finding: lines += [finding, '']
+        for t in tables: lines += [f"[`tables/{t}`](tables/{t}.md)", '', (out/'tables'/f'{t}.md').read_text().strip(), '']
+    lines += ['', 'Every table is in `tables/` (CSV, and Markdown for reading), every figure in `figures/`, the executed '
+              'notebooks in `notebooks/`, the resolved configuration in `params.yaml`.']
+    path = out/'README.md'
+    _atomic_write(path, '\n'.join(lines).rstrip() + '\n')
+    return path
+
+# %% ../nbs/90_report.ipynb #lesscd
+def library_notebooks() -> list[Path]:
+    "Every library notebook (`nbs/NN_*.ipynb`), in reading order."
+    return sorted((repo_root()/'nbs').glob('[0-9][0-9]*_*.ipynb'))
+
+def _skip_cell(cell) -> bool:
+    "The cells `nbdev_test` does not run: markdown, the export call, `#| eval: false`."
+    if cell.cell_type != 'code' or 'nbdev_export' + '(' in cell.source: return True
+    return bool(re.search(r'^#\|\s*eval:\s*false\s*$', cell.source, re.M | re.I))
+
+def _execute_lesson(src, dest):
+    "Run notebook `src` as nbdev_test does and write it, with outputs, to `dest` (called in a fresh process)."
+    from execnb.nbio import read_nb, write_nb
+    from execnb.shell import CaptureShell
+    from fastcore.xtras import working_directory
+    nb, k = read_nb(src), CaptureShell(src)
+    with working_directory(Path(src).parent): k.run_all(nb, exc_stop=True, preproc=_skip_cell)
+    tmp = Path(dest).with_suffix('.tmp')
+    write_nb(nb, tmp); os.replace(tmp, dest)
+
+def run_lessons(out=None, only=None, log=print) -> Path:
+    "Execute the library notebooks (all, or those named in `only`) into `out` (default `reports/lessons`); a failure stops."
+    nbs = library_notebooks()
+    if only:
+        names = {p.stem: p for p in nbs}
+        bad = [n for n in only if n not in names and not any(k.split('_', 1)[1] == n for k in names)]
+        if bad: raise RunError([f"unknown notebook {n!r} (known: {', '.join(names)})" for n in bad])
+        nbs = [p for p in nbs if p.stem in only or p.stem.split('_', 1)[1] in only]
+    out = Path(out) if out else repo_root()/'reports'/'lessons'
+    out.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != 'MPLBACKEND'}   # a leaked backend would drop the figures
+    for i, p in enumerate(nbs, 1):
+        t = time.time()
+        r = subprocess.run([sys.executable, '-c', f"from rcdiff.report import _execute_lesson; _execute_lesson({str(p)!r}, "
+                            f"{str(out/p.name)!r})"], cwd=p.parent, env=env, capture_output=True, text=True)
+        if r.returncode: raise RunError(f"lesson {p.name} failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
+        log(f"[{i}/{len(nbs)}] {p.name} in {time.time() - t:.0f} s")
+    return out
+
+def lesson_is_fresh(nb_path, lesson_path) -> bool:
+    "Whether the executed copy holds exactly the cells (type and source) of the notebook it copies."
+    if not Path(lesson_path).exists(): return False
+    cells = lambda p: [(c['cell_type'], ''.join(c['source'])) for c in json.loads(Path(p).read_text())['cells']]
+    return cells(nb_path) == cells(lesson_path)
+
 # %% ../nbs/90_report.ipynb #457cde02
 def phantom_cache_folder(phantom='tiny', phantom_seed=0, phantom_overrides=None) -> Path:
     "The cache folder of one phantom: keyed by the resolved preset (its counts and sizes), seed, package version and `PHANTOM_FORMAT`."
@@ -412,16 +502,17 @@ def run_experiments(preset='tiny', data=None, out=None, only=None, params=None, 
         except pm.PapermillExecutionError as e:
             msg = (f"notebook {name} failed at cell {e.cell_index} (In [{e.exec_count}]): {e.ename}: {e.evalue}; "
                    f"executed copy: {out/'notebooks'/(name + '.ipynb')}")
-            (out/'FAILED.txt').write_text(msg + '\n')
+            (out/'FAILED.txt').write_text(msg + '\n'); write_run_readme(out)
             raise RunError(msg) from None
         except Exception as e:
             msg = f"notebook {name} could not be executed: {type(e).__name__}: {e}"
-            (out/'FAILED.txt').write_text(msg + '\n')
+            (out/'FAILED.txt').write_text(msg + '\n'); write_run_readme(out)
             raise RunError(msg) from None
         timings[name] = round(time.time() - t, 1)
         log(f"    done in {timings[name]} s")
     env.update(finished=datetime.datetime.now().isoformat(timespec='seconds'), seconds=timings,
                total_seconds=round(time.time() - t0, 1))
     _atomic_write(out/'env.json', json.dumps(env, indent=2))
-    log(f"report written to {out}")
+    write_run_readme(out)
+    log(f"report written to {out} (start with its README.md)")
     return out

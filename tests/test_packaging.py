@@ -64,3 +64,10 @@ def test_library_notebooks_export_one_module_each():
         m = re.search(r'#\|\s*default_exp\s+(\w+)', src)
         assert m, f"{nb.name} exports nothing"
         assert (ROOT/'rcdiff'/f'{m.group(1)}.py').exists()
+
+
+def test_readme_stays_a_front_page():
+    "What it is, set up and test, the main command, reading order, layout, data: at most 150 lines; results live in reports/."
+    lines = (ROOT/'README.md').read_text().splitlines()
+    assert len(lines) <= 150, f"README.md has {len(lines)} lines; move results and notes into reports/README.md"
+    assert (ROOT/'reports'/'README.md').exists()
