@@ -14,8 +14,10 @@ import torch
 from .diffusion import Diffusion, eps_part
 
 # %% auto #0
-__all__ = ['WEIGHTINGS', 'van_der_corput_order', 'NoiseBank', 'make_bank', 'ErrorMatrix', 'class_errors', 'naive_errors',
-           't_weights', 'scores', 'predict', 'choose_t_band', 'adaptive_classify', 'GaussianDenoiser']
+__all__ = ['WEIGHTINGS', 'DC_VARIANTS', 'DC_FIXED_VARIANT', 'van_der_corput_order', 'NoiseBank', 'make_bank', 'ErrorMatrix',
+           'class_errors', 'naive_errors', 't_weights', 'scores', 'predict', 'choose_t_band', 'dc_classifiers',
+           'auroc_by_t', 'nearest_class_mean_score', 'adaptive_classify', 'GaussianDenoiser', 'error_matrices',
+           'DCMetric']
 
 # %% ../nbs/08_classify.ipynb #68052415
 def van_der_corput_order(n: int) -> list[int]:
@@ -225,6 +227,61 @@ def choose_t_band(E: ErrorMatrix, y, kind: str = 'eps', weighting: str = 'unifor
     return int(best.t_min), int(best.t_max), table.reset_index(drop=True)
 
 
+# %% ../nbs/08_classify.ipynb #var-code
+DC_VARIANTS = {'Zero (Eq. 4)': ('z0', False), 'ε (Li et al.)': ('eps', False), 'Zero, t band': ('z0', True), 'ε, t band': ('eps', True)}
+DC_FIXED_VARIANT = 'ε (Li et al.)'     # the variant when valid is too small to choose
+
+def dc_classifiers(errors: dict, y_valid, auroc, names: dict | None = None, positive: int | None = 1,
+                   min_width: int | None = None, fixed: str | None = None, chosen: str = 'DC (chosen on valid)',
+                   variants: dict = DC_VARIANTS) -> dict:
+    """Valid and test logits of every Diffusion Classifier variant of every model, `errors` = {model: {'valid': E,
+    'test': E}}: {f"{names[model]} · {variant}": dict(valid=, test=, model=, kind=, t_band=, valid_auroc=)}, and for each
+    model under f"{names[model]} · {chosen}" the variant with the best `auroc(valid logits, y_valid)` (or `fixed`),
+    with its name in `variant`. `variants`: {label: (kind, banded)}; a band spans at least `min_width` timesteps."""
+    y_valid, names = np.asarray(y_valid), names or {}
+    if fixed is not None and fixed not in variants: raise ValueError(f"fixed={fixed!r} is not one of the variants {list(variants)}")
+    out = {}
+    for k, E in errors.items():
+        cand, name = {}, names.get(k, k)
+        for label, (kind, banded) in variants.items():
+            band = choose_t_band(E['valid'], y_valid, kind, positive=1 if positive is None else positive, min_width=min_width)[:2] if banded else (0, None)
+            L = {s: -scores(E[s], kind, t_min=band[0], t_max=band[1]) for s in ('valid', 'test')}
+            cand[label] = dict(**L, model=k, kind=kind, t_band=band, valid_auroc=auroc(L['valid'], y_valid))
+            out[f"{name} · {label}"] = cand[label]
+        best = fixed if fixed is not None else max(cand, key=lambda l: cand[l]['valid_auroc'])
+        out[f"{name} · {chosen}"] = {**cand[best], 'variant': best}
+    return out
+
+# %% ../nbs/08_classify.ipynb #byt-code
+def auroc_by_t(errors: dict, y, auroc) -> tuple:
+    """`(per_t, cum)` for error matrices {model name: E} of images with labels `y`: per_t = the AUROC (`auroc(logits, y)`)
+    and the accuracy (argmin) of the ε error at each single timestep of the bank; cum = the AUROC of the ε and the z0
+    error averaged uniformly over t <= t_max, for every t_max above the smallest timestep."""
+    import pandas as pd
+    y = np.asarray(y)
+    per_t, cum = [], []
+    for name, E in errors.items():
+        grid = sorted(set(int(t) for t in E.t))
+        for t_ in grid:
+            m_ = E.t == t_
+            sub = ErrorMatrix(E.eps[:, :, m_], E.z0[:, :, m_], E.t[m_])
+            per_t.append(dict(model=name, t=t_, auroc=auroc(-scores(sub, 'eps'), y),
+                              accuracy=float(((-scores(sub, 'eps')).argmax(1) == y).mean())))
+            if t_ > grid[0]:
+                cum.append(dict(model=name, t_max=t_, auroc_eps=auroc(-scores(E, 'eps', t_max=t_), y),
+                                auroc_z0=auroc(-scores(E, 'z0', t_max=t_), y)))
+    return pd.DataFrame(per_t), pd.DataFrame(cum)
+
+# %% ../nbs/08_classify.ipynb #ncm-code
+def nearest_class_mean_score(z_train, y_train, z, positive: int = 1) -> np.ndarray:
+    """Evidence for class `positive` of the latents `z` by the nearest class mean of the train latents (two classes):
+    ‖z − μ_other‖² − ‖z − μ_positive‖² over the flattened latents (float32), higher = nearer the positive mean."""
+    Zt, Z = torch.as_tensor(z_train).flatten(1).numpy(), torch.as_tensor(z).flatten(1).numpy()
+    pos = (torch.as_tensor(y_train) == positive).numpy()
+    if pos.all() or not pos.any(): raise ValueError("nearest_class_mean_score needs both classes among the train latents")
+    mu_pos, mu_neg = Zt[pos].mean(0), Zt[~pos].mean(0)
+    return ((Z - mu_neg) ** 2).sum(1) - ((Z - mu_pos) ** 2).sum(1)
+
 # %% ../nbs/08_classify.ipynb #fa45a4d7
 def _logits(score, calibration):
     "(N, C) calibrated logits from (N, C) scores (lower = better): −s, or a·(−s) + b."
@@ -303,3 +360,34 @@ class GaussianDenoiser(torch.nn.Module):
     def forward(self, z_t, t, y):
         g, dl, m = self.d.gamma(t, like=z_t), self.d.delta(t, like=z_t), self.mu.to(z_t)[y]
         return self.d.eps_from_z0(z_t, t, m + g * self.s**2 / (g**2 * self.s**2 + dl**2) * (z_t - g * m))
+
+# %% ../nbs/08_classify.ipynb #split-code
+def error_matrices(models: dict, z0: dict, bank: NoiseBank, num_classes: int, diffusion: Diffusion | None = None,
+                   batch_size: int = 1024, out_dir=None, prefix: str = 'errors_') -> dict:
+    """{model: {split: ErrorMatrix}} of every model of `models` on every split of `z0` ({split: latents}), the same
+    `bank` for all; each saved as `out_dir/{prefix}{model}_{split}.npz` when `out_dir` is given."""
+    out = {}
+    for k, m in models.items():
+        out[k] = {s: class_errors(m, z, bank, num_classes, diffusion, batch_size=batch_size) for s, z in z0.items()}
+        if out_dir is not None:
+            for s, E in out[k].items(): E.save(Path(out_dir)/f'{prefix}{k}_{s}.npz')
+    return out
+
+class DCMetric:
+    """`DCMetric(z0, y, bank, C, metric)(model)`: `metric(−scores(E, kinds[0]), y)` of the Diffusion Classifier of `model`
+    on the latents `z0` with labels `y` (uniform t over `bank`), e.g. the valid AUROC as a tuning run's selection
+    criterion. Every call appends {f'{name}_{kind}': value for each of `kinds`, 'seconds': s} to `trace` and keeps its
+    error matrix in `errors`."""
+    def __init__(self, z0: torch.Tensor, y, bank: NoiseBank, num_classes: int, metric, kinds=('eps',), name: str = 'auroc',
+                 diffusion: Diffusion | None = None, batch_size: int = 1024):
+        if not kinds or any(k not in ('eps', 'z0') for k in kinds): raise ValueError(f"kinds must be 'eps' and/or 'z0', got {kinds!r}")
+        self.z0, self.y, self.bank, self.num_classes, self.metric = z0, y, bank, num_classes, metric
+        self.kinds, self.name, self.diffusion, self.batch_size = tuple(kinds), name, diffusion, batch_size
+        self.trace, self.errors = [], None
+
+    def __call__(self, model) -> float:
+        t = time.time()
+        E = class_errors(model, self.z0, self.bank, self.num_classes, self.diffusion, batch_size=self.batch_size)
+        r = {f'{self.name}_{k}': self.metric(-scores(E, k), self.y) for k in self.kinds}
+        self.trace.append({**r, 'seconds': time.time() - t}); self.errors = E
+        return r[f'{self.name}_{self.kinds[0]}']

@@ -6,14 +6,15 @@
 from __future__ import annotations
 import numpy as np, pandas as pd
 from scipy.optimize import minimize
-from scipy.special import log_softmax
+from scipy.special import log_softmax, softmax
 from sklearn import metrics as skm
 
 # %% auto #0
 __all__ = ['BINARY_METRICS', 'MULTICLASS_METRICS', 'binary_metrics', 'bootstrap_ci', 'PriorCalibration', 'fmt_ci', 'ci_table',
            'paired_bootstrap', 'verdict', 'claims_table', 'youden_threshold', 'recall_by_group',
            'false_positive_rate_by_group', 'confusion_matrix', 'multiclass_metrics', 'plot_confusion', 'MulticlassCI',
-           'multiclass_bootstrap_ci', 'multiclass_ci_table', 'multiclass_paired_bootstrap']
+           'multiclass_bootstrap_ci', 'multiclass_ci_table', 'multiclass_paired_bootstrap', 'evidence', 'logits_auroc',
+           'decision_rules', 'one_class_rules']
 
 # %% ../nbs/10_metrics.ipynb #b1c60fbe
 BINARY_METRICS = ('accuracy', 'f1', 'recall', 'precision', 'auroc', 'balanced_accuracy', 'sensitivity', 'specificity')
@@ -510,3 +511,54 @@ def multiclass_paired_bootstrap(y_true, pred_a, pred_b, proba_a=None, proba_b=No
         rows[k] = dict(a=point['a'][k], b=point['b'][k], difference=point['a'][k] - point['b'][k], low=lo, high=hi,
                        n_boot_used=int(np.isfinite(boot[k]).sum()), n_images=len(y))
     return pd.DataFrame(rows).T.astype({'n_boot_used': int, 'n_images': int}).assign(**_resampling(grp, len(y)))
+
+# %% ../nbs/10_metrics.ipynb #rules-code
+def evidence(logits, positive: int = 1) -> np.ndarray:
+    """The score of class `positive` from (N, 2) logits (higher = more likely): ℓ_positive − ℓ_other. The logits of a
+    Diffusion Classifier are minus its errors, so its evidence is the other class's error minus the positive class's."""
+    L = np.asarray(logits)
+    if L.ndim != 2 or L.shape[1] != 2: raise ValueError(f"evidence needs (N, 2) logits, got shape {L.shape}")
+    return L[:, positive] - L[:, 1 - positive]
+
+def logits_auroc(logits, y, positive: int | None = 1) -> float:
+    """AUROC of (N, C) logits for labels y: of `evidence(logits, positive)` for two classes, else the macro
+    one-vs-rest AUROC of softmax(logits) (`positive` unused). The logits keep their dtype."""
+    L, y = np.asarray(logits), np.asarray(y)
+    if L.ndim != 2 or L.shape[1] < 2 or len(L) != len(y): raise ValueError(f"logits must be (N, C >= 2) for N = {len(y)} labels, got shape {L.shape}")
+    if not np.issubdtype(L.dtype, np.floating): L = L.astype(float)
+    if L.shape[1] == 2: return skm.roc_auc_score((y == positive).astype(int), evidence(L, positive))
+    return skm.roc_auc_score(y, softmax(L, axis=1), multi_class='ovr', labels=list(range(L.shape[1])))
+
+def decision_rules(logits: dict, y_valid, y_test, positive: int | None = 1, n_boot: int = 2000, seed: int = 0,
+                   groups=None, class_names=None) -> dict:
+    """For each classifier `{name: dict(valid=(N_v, C) logits, test=(N_t, C) logits, **extra)}`: its test `score` and
+    `valid_score`, its decisions `pred` on test by the `raw` rule (argmax of its logits) and the `calibrated` one
+    (`PriorCalibration` fitted on the valid logits), `calibration` (repr) and `ci`, the bootstrap intervals of both rules
+    on test (resampling `groups`, e.g. patients, when given); `extra` is passed through. Two classes: decisions are
+    1 = class `positive`, scores the `evidence`, intervals `bootstrap_ci`'s. More: decisions are class indices, scores
+    softmax(logits), intervals `multiclass_bootstrap_ci`'s with `class_names`, as a metric-indexed table."""
+    yv, yt = _arr(y_valid, 'y_valid', int), _arr(y_test, 'y_test', int)
+    out = {}
+    for name, L in logits.items():
+        Lv, Lt = np.asarray(L['valid'], float), np.asarray(L['test'], float)
+        if len(Lv) != len(yv) or len(Lt) != len(yt): raise ValueError(f"{name}: logits of {len(Lv)} valid and {len(Lt)} test images for {len(yv)} and {len(yt)} labels")
+        cal = PriorCalibration.fit(Lv, yv)
+        if Lt.shape[1] == 2:
+            score, valid_score = evidence(Lt, positive), evidence(Lv, positive)
+            pred = {'raw': (Lt.argmax(1) == positive).astype(int), 'calibrated': (cal.predict(Lt) == positive).astype(int)}
+            yb = (yt == positive).astype(int)
+            ci = {r: bootstrap_ci(yb, p, score, n_boot=n_boot, seed=seed, groups=groups) for r, p in pred.items()}
+        else:
+            score, valid_score = softmax(Lt, axis=1), softmax(Lv, axis=1)
+            pred = {'raw': Lt.argmax(1), 'calibrated': cal.predict(Lt)}
+            ci = {r: pd.DataFrame(multiclass_bootstrap_ci(yt, p, score, n_boot=n_boot, seed=seed, class_names=class_names,
+                                                          groups=groups), index=['value', 'low', 'high']).T for r, p in pred.items()}
+        out[name] = dict(score=score, valid_score=valid_score, pred=pred, calibration=repr(cal), ci=ci,
+                         **{k: v for k, v in L.items() if k not in ('valid', 'test')})
+    return out
+
+def one_class_rules(pred: dict, class_names, positive: int | None = None) -> list:
+    """The rules of `pred` ({rule: decisions on test}) that call every image one class, as "<rule> rule: all '<class>'".
+    With `positive`, decisions are 1 = class `positive` of two; without, class indices into `class_names`."""
+    name = lambda v: (class_names[positive] if v else class_names[1 - positive]) if positive is not None else class_names[int(v)]
+    return [f"{rule} rule: all '{name(p[0])}'" for rule, p in pred.items() if len(set(p)) == 1]

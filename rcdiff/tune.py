@@ -15,11 +15,12 @@ import torch
 from .latents import LatentSet, sample_z0, _hash_tensors
 from .diffusion import Diffusion, loss as eps_loss, loss_per_sample
 from .dit import DiT, to_class_conditioning
-from .train import TrainConfig, build, update_ema, data_fingerprint, save_checkpoint, _atomic_write
+from .train import TrainConfig, build, update_ema, data_fingerprint, save_checkpoint, _atomic_write, train as _train, load_checkpoint
 
 # %% auto #0
 __all__ = ['LABEL_INITS', 'RESULT_NAME', 'LOSS_NAME', 'EVALS_NAME', 'TCONFIG_NAME', 'r_embeddings', 'from_pretrained', 'dit_arch',
-           'from_scratch', 'denoiser_state', 'TuneConfig', 'valid_loss', 'TuneResult', 'tune', 'load_tuned']
+           'from_scratch', 'denoiser_state', 'TuneConfig', 'valid_loss', 'TuneResult', 'tune', 'load_tuned',
+           'from_checkpoint', 'tune_ldts', 'pretrain_snapshots', 'label_init_shift', 'RecipeStudy']
 
 # %% ../nbs/07_tune.ipynb #b51765b3
 LABEL_INITS = ('auto', 'zeros', 'normal', 'r_mean', 'r_class_mean')
@@ -261,3 +262,86 @@ def load_tuned(folder, device='cpu') -> DiT:
     m = DiT(**state['arch'], cond='class')
     m.load_state_dict(state['model'])
     return m.to(device).eval()
+
+# %% ../nbs/07_tune.ipynb #exp-code
+def from_checkpoint(ck, num_classes: int, label_init: str = 'auto', z0: torch.Tensor | None = None, y=None, seed: int = 0,
+                    class_dropout: float = 0.) -> DiT:
+    "`from_pretrained` on a pre-training checkpoint (`rcdiff.train.load_checkpoint`): its model, with its encoder f_φ for the label init."
+    return from_pretrained(ck.model, num_classes, class_dropout=class_dropout, seed=seed, label_init=label_init,
+                           encoder=ck.encoder, z0=z0, y=y)
+
+def tune_ldts(pretrained: dict, latents: LatentSet, y, num_classes: int, cfg: TuneConfig, out_dir, evaluate=None,
+              valid: tuple | None = None, scratch: str | None = 'none', progress: bool = False) -> dict:
+    """{name: TuneResult} of every pre-trained checkpoint of `pretrained` ({name: checkpoint}) swapped to labels
+    (`from_checkpoint` with `cfg.label_init` and the train latents' means), and, unless `scratch` is None, of the
+    architecture of `pretrained[scratch]` from scratch (under 'scratch'); all tuned on `latents`, `y` with `cfg` (its
+    seed for every initialisation) into `out_dir/<name>`, selected by `evaluate` (or on `valid`)."""
+    z0 = latents.mean[0]
+    inits = {k: from_checkpoint(ck, num_classes, cfg.label_init, z0=z0, y=y, seed=cfg.seed) for k, ck in pretrained.items()}
+    if scratch is not None: inits['scratch'] = from_scratch(pretrained[scratch].cfg, latents.shape, num_classes, seed=cfg.seed)
+    return {k: tune(m, latents, y, cfg, Path(out_dir)/k, valid=valid, evaluate=evaluate, progress=progress) for k, m in inits.items()}
+
+def pretrain_snapshots(cfg: TrainConfig, latents: LatentSet, root, snaps=(1,)) -> dict:
+    """Pre-train `cfg` once up to max(snaps) × cfg.steps steps in `root/<cond>_<model>_b<batch>`, keeping the checkpoint
+    at every multiple `snaps` of cfg.steps: {steps: (checkpoint, cumulative seconds)}. A finished run is read back."""
+    steps = cfg.steps
+    tc = dataclasses.replace(cfg, steps=int(max(snaps) * steps), ckpt_every=int(max(snaps) * steps))
+    out = Path(root)/f"{cfg.cond}_{cfg.model.replace('/', '')}_b{cfg.batch_size}"
+    done, t, got = 0, 0., {}
+    for s in sorted(int(m * steps) for m in snaps):
+        t0 = time.time(); _train(tc, latents, out, progress=False, max_steps=s - done); t += time.time() - t0; done = s
+        got[s] = (load_checkpoint(out/'checkpoint.pt'), t)
+    return got
+
+class _WithOwnR(torch.nn.Module):
+    "A representation-conditioned model called as a class-conditioned one, conditioned on its own r = f_φ(z) of fixed latents z."
+    def __init__(self, model, encoder, z): super().__init__(); self.m, self.f, self.z = model, encoder, z
+    def forward(self, z_t, t, y): return self.m(z_t, t, r=self.f(self.z))
+
+def label_init_shift(model: DiT, encoder, z0_train: torch.Tensor, z0_valid: torch.Tensor, y_valid, num_classes: int,
+                     samples: int = 8, seed: int = 0) -> dict:
+    """What swapping r for labels does to a representation-conditioned `model`: the norm of its mean r-embedding over
+    `z0_train`, the spread of the r-embeddings around it, the norm of the timestep embedding, and `valid_loss` on the
+    valid latents of its class-conditioned copies before any tuning step, label rows at zero and at the mean
+    r-embedding, and of the pre-trained model with its own r."""
+    e = r_embeddings(model, encoder, z0_train)
+    y_valid = torch.as_tensor(y_valid).long()
+    with torch.no_grad():
+        out = dict(r_emb_norm=float(e.mean(0).norm()), r_emb_spread=float((e - e.mean(0)).norm(dim=1).mean()),
+                   t_emb_norm=float(model.t_embedder(torch.arange(0, 1000, 50)).norm(dim=1).mean()))
+        for name, m in [('zeros', from_pretrained(model, num_classes, label_init='zeros')),
+                        ('r_mean', from_pretrained(model, num_classes, label_init='r_mean', encoder=encoder, z0=z0_train))]:
+            out[f'valid loss, labels at {name} (step 0)'] = valid_loss(m, z0_valid, y_valid, samples=samples, seed=seed)
+        out['valid loss, pre-trained, own r'] = valid_loss(_WithOwnR(model, encoder, z0_valid), z0_valid, y_valid,
+                                                           samples=samples, seed=seed, batch_size=len(y_valid))
+    return out
+
+class RecipeStudy:
+    """The points of a one-factor-at-a-time study of the tuning recipe (`93_tiny_recipe`). `point` tunes `init` with
+    `base` changed in the given TuneConfig fields (`ema_decay=0` or None: no EMA) into `out_dir/<factor>_<level>_<model>`,
+    scores it with `evaluate` every `eval_every` steps, and prices every score in seconds: `pre_seconds` (the
+    pre-training the model needed) + its tuning up to that step (the evaluations excluded) + that evaluation.
+    `evaluate(model) -> float` appends a dict of its values and 'seconds' to its list `evaluate.trace` on every call
+    (`rcdiff.classify.DCMetric` does). `curves` gets a row per score, `points` the last of each run with its `best_step`."""
+    def __init__(self, latents: LatentSet, y, base: TuneConfig, evaluate, out_dir):
+        self.latents, self.y, self.base, self.evaluate, self.out_dir = latents, y, base, evaluate, Path(out_dir)
+        self.points, self.curves = [], []
+
+    def point(self, factor: str, level, model_name: str, init: DiT, pre_seconds: float = 0., verbose: bool = True,
+              **changes) -> TuneResult:
+        ema = changes.pop('ema_decay', self.base.ema_decay)
+        tc = dataclasses.replace(self.base, **changes, ema_decay=ema if ema else 0., use_ema=bool(ema))
+        tag = f"{factor}_{level}_{model_name}".replace('/', '').replace(' ', '')
+        n0 = len(self.evaluate.trace)
+        res = tune(init, self.latents, self.y, tc, self.out_dir/tag, evaluate=self.evaluate, progress=False)
+        trace = self.evaluate.trace[n0:]
+        per_step = res.seconds / max(tc.steps, 1) - sum(r['seconds'] for r in trace) / max(tc.steps, 1)
+        for step, r in zip(res.evals.step, trace):
+            self.curves.append(dict(factor=factor, level=str(level), model=model_name, tune_step=int(step),
+                                    **{k: v for k, v in r.items() if k != 'seconds'}, seconds=pre_seconds + per_step * step + r['seconds']))
+        last = {**self.curves[-1], 'best_step': res.best_step}
+        self.points.append(last)
+        if verbose:
+            vals = ', '.join(f'{k} {v:.3f}' for k, v in last.items() if k not in ('factor', 'level', 'model', 'tune_step', 'seconds', 'best_step'))
+            print(f"{factor:>18} = {str(level):<14} {model_name:<28} {vals}  ({last['seconds']:.0f} s)")
+        return res
