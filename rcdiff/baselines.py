@@ -15,7 +15,7 @@ from lightly.models.modules import DINOv2ProjectionHead, MaskedVisionTransformer
 from lightly.models.utils import get_weight_decay_parameters, random_block_mask, update_momentum
 from lightly.utils.scheduler import cosine_schedule
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
+from .metrics import logits_auroc
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
@@ -120,13 +120,6 @@ def _hflip(x, g) -> torch.Tensor:
     coin = (torch.rand(len(x), generator=g) < 0.5).to(x.device)
     return torch.where(coin.view(-1, 1, 1, 1), x.flip(-1), x)
 
-def _auroc(y, logits) -> float:
-    "AUROC of the logits: the positive-minus-negative logit for 2 classes, one-vs-rest softmax otherwise; nan if y has one class."
-    y, logits = np.asarray(y), logits.double()
-    if len(np.unique(y)) < 2 or (logits.shape[1] > 2 and len(np.unique(y)) < logits.shape[1]): return float('nan')
-    if logits.shape[1] == 2: return float(roc_auc_score(y, (logits[:, 1] - logits[:, 0]).numpy()))
-    return float(roc_auc_score(y, torch.softmax(logits, 1).numpy(), multi_class='ovr'))
-
 def _selection_key(row, select):
     if select == 'auroc': return (-math.inf if math.isnan(row['valid_auroc']) else row['valid_auroc'], -row['valid_loss'])
     return (-row['valid_loss'],) if select == 'loss' else (row['epoch'],)
@@ -177,7 +170,7 @@ def train_classifier(model: nn.Module, x_train: torch.Tensor, y_train: torch.Ten
             logits = predict_logits(model, x_valid)
             row = dict(epoch=epoch, train_loss=tot / cnt,
                        valid_loss=F.cross_entropy(logits, y_valid, weight=None if cfg.balance == 'none' else w).item(),
-                       valid_auroc=_auroc(y_valid, logits), valid_accuracy=(logits.argmax(1) == y_valid).float().mean().item())
+                       valid_auroc=logits_auroc(logits.double().numpy(), np.asarray(y_valid)), valid_accuracy=(logits.argmax(1) == y_valid).float().mean().item())
             rows.append(row)
             key = _selection_key(row, cfg.select)
             if best_key is None or key > best_key:

@@ -201,11 +201,11 @@ def predict(E: ErrorMatrix, **kw) -> np.ndarray:
 # %% ../nbs/08_classify.ipynb #tband-code
 def _separation(sc: np.ndarray, y: np.ndarray, positive: int = 1) -> float:
     "How well (N, C) scores (lower = more likely) separate labels y: AUROC of s_other − s_positive for 2 classes, else accuracy."
-    from sklearn.metrics import roc_auc_score
+    from rcdiff.metrics import logits_auroc
     if sc.shape[1] == 2:
         yb = (y == positive).astype(int)
         if yb.min() == yb.max(): raise ValueError("the valid labels hold one class only: no AUROC to choose a band by")
-        return float(roc_auc_score(yb, sc[:, 1 - positive] - sc[:, positive]))
+        return logits_auroc(-sc, y, positive)          # the logits of a Diffusion Classifier are minus its scores
     return float((sc.argmin(1) == y).mean())
 
 def choose_t_band(E: ErrorMatrix, y, kind: str = 'eps', weighting: str = 'uniform', positive: int = 1,
@@ -225,7 +225,6 @@ def choose_t_band(E: ErrorMatrix, y, kind: str = 'eps', weighting: str = 'unifor
     table = pd.DataFrame(rows).sort_values(['value', 'width'], ascending=[False, True], kind='stable')
     best = table.iloc[0]
     return int(best.t_min), int(best.t_max), table.reset_index(drop=True)
-
 
 # %% ../nbs/08_classify.ipynb #var-code
 DC_VARIANTS = {'Zero (Eq. 4)': ('z0', False), 'ε (Li et al.)': ('eps', False), 'Zero, t band': ('z0', True), 'ε, t band': ('eps', True)}

@@ -17,9 +17,9 @@ from .phantom import WINDOWS, apply_window
 
 # %% auto #0
 __all__ = ['SPLITS', 'DOWNSTREAM', 'NPZ_SPLITS', 'LOADER_VERSION', 'MIN_PATIENTS', 'MIN_PER_CLASS', 'SPLIT_FRACTIONS',
-           'DataError', 'load_table', 'multiclass_column', 'channels', 'load_image', 'cache_dir', 'load_images',
-           'support', 'make_splits', 'CheckReport', 'check_data', 'PretrainLabelsError', 'Dataset', 'reads_negative',
-           'choose_positive']
+           'DataError', 'load_table', 'multiclass_column', 'channels', 'load_image', 'atomic_write', 'cache_dir',
+           'load_images', 'support', 'make_splits', 'CheckReport', 'check_data', 'PretrainLabelsError', 'Dataset',
+           'reads_negative', 'choose_positive']
 
 # %% ../nbs/01_data.ipynb #b3402c8d
 SPLITS = ('pretrain', 'train', 'valid', 'test')
@@ -279,6 +279,25 @@ def load_image(path, window='brain', size=None) -> np.ndarray:
     except FileNotFoundError: raise DataError(f"missing file '{path}'") from None
     except Exception as e: raise DataError(f"cannot decode '{path}': {_one_line(e)}") from e
 
+# %% ../nbs/01_data.ipynb #atomicwr
+def atomic_write(path, write, overwrite: bool = True) -> Path:
+    """Call `write(tmp)` on a temporary file beside `path`, then move it onto `path` in one step (`os.replace`).
+    `overwrite=False`: `FileExistsError` if `path` exists, also if it appeared meanwhile (`os.link` does not replace)."""
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix='.tmp-', suffix=path.suffix); os.close(fd)
+    try:
+        write(tmp)
+        if overwrite: os.replace(tmp, path)
+        else:
+            try: os.link(tmp, path)
+            except FileExistsError: raise FileExistsError(f"'{path}' exists; nothing was overwritten") from None
+            except OSError:                          # a file system without hard links
+                if path.exists(): raise FileExistsError(f"'{path}' exists; nothing was overwritten") from None
+                os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp): os.unlink(tmp)
+    return path
+
 # %% ../nbs/01_data.ipynb #2a09b644
 def cache_dir() -> Path:
     "Where decoded images are cached: `$RCDIFF_CACHE` if set, else `~/.cache/rcdiff`."
@@ -309,16 +328,7 @@ def _cache_get(key):
     except Exception: return None  # a damaged entry is simply recomputed and overwritten
 
 def _cache_put(key, arr):
-    p = _cache_file(key)
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix='.tmp-', suffix='.npy')
-        try:
-            with os.fdopen(fd, 'wb') as fh: np.save(fh, arr)
-            os.replace(tmp, p)
-        except BaseException:
-            if os.path.exists(tmp): os.unlink(tmp)
-            raise
+    try: atomic_write(_cache_file(key), lambda tmp: np.save(tmp, arr))
     except OSError as e: warnings.warn(f"rcdiff cache not written ({_one_line(e)}); continuing without it")
 
 # %% ../nbs/01_data.ipynb #a1f48d35

@@ -7,7 +7,8 @@ from __future__ import annotations
 import copy, math, time
 from dataclasses import dataclass, asdict
 import numpy as np, pandas as pd, torch, torch.nn as nn, torch.nn.functional as F
-from .losses import cycle_loss, consistency_loss, dcube_loss, EMA
+from .losses import cycle_loss, consistency_loss, dcube_loss
+from .metrics import logits_auroc
 
 # %% auto #0
 __all__ = ['null_label', 'FeatureCache', 'extract_features', 'Step1Config', 'train_step1', 'SubFeatures', 'DCube', 'DCubeConfig',
@@ -79,6 +80,8 @@ class Step1Config:
     margin: float = 0.1                # the paper's
     label_dropout: float = 0.1         # share of conditions replaced by the null class
     same_fraction: float = 0.5         # least share of same-class pairs per batch
+    ckpt_every: int = 500              # with an out_dir: checkpoint every this many steps (an interrupted run continues)
+    mixed_precision: str = 'bf16'      # on CUDA only
     seed: int = 0
     def __post_init__(self):
         for k in ('steps', 'batch_size'):
@@ -86,32 +89,37 @@ class Step1Config:
         if not 0 <= self.label_dropout < 1: raise ValueError(f"label_dropout must lie in [0, 1), got {self.label_dropout}")
         if self.contrastive < 0 or self.margin <= 0: raise ValueError("contrastive must be >= 0 and margin > 0")
 
-def train_step1(model, x: torch.Tensor, y, cfg: Step1Config, diffusion=None, progress: bool = False) -> dict:
+def train_step1(model, x: torch.Tensor, y, cfg: Step1Config, diffusion=None, progress: bool = False, out_dir=None) -> dict:
     """Train the class-conditional U-ViT `model` (C + 1 label rows, the last one null) on images `x` (N, C, H, W) in
-    [-1, 1] with labels `y` in [0, C) by Eq. (5); returns dict(model, history, seconds). The model is trained in place."""
+    [-1, 1] with labels `y` in [0, C) by Eq. (5) with rcdiff's one loop (`rcdiff.train.fit`); returns dict(model,
+    history, seconds). The model is trained in place; with `out_dir` it checkpoints there and an interrupted run continues."""
+    import hashlib
     from rcdiff.diffusion import Diffusion
     from rcdiff.losses import step1_loss, make_pairs
+    from rcdiff.latents import _hash_tensors
+    from rcdiff.train import fit
     null = null_label(model)
     y = _check_labels(y, len(x), null, 'y')
     if len(torch.unique(y)) < 2: raise ValueError(f"step 1 needs at least two classes, got only {torch.unique(y).tolist()}")
     d = diffusion or Diffusion()
-    dev = next(model.parameters()).device
-    g = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    model.train(); hist, t0 = [], time.time()
-    for step in range(cfg.steps):
+    h = hashlib.blake2b(digest_size=16)
+    _hash_tensors(h, [('x', x), ('y', y), *sorted(model.state_dict().items())])   # resume only the same images and start
+
+    def objective(mods, g, dev):
         idx = torch.randint(0, len(x), (cfg.batch_size,), generator=g)
         y1 = y[idx]; perm = make_pairs(y1, g, cfg.same_fraction); y2 = y1[perm]
-        drop = torch.rand(2, len(idx), generator=g) < cfg.label_dropout
+        drop = torch.rand(2, len(idx), generator=g) < cfg.label_dropout        # label dropout to the null class
         c1, c2 = torch.where(drop[0], null, y1), torch.where(drop[1], null, y2)
         x1 = x[idx]
-        parts = step1_loss(model, d, x1.to(dev), c1.to(dev), x1[perm].to(dev), c2.to(dev), g, lam=cfg.contrastive,
-                           margin=cfg.margin, same=(y1 == y2).to(dev))
-        opt.zero_grad(set_to_none=True); parts['loss'].backward(); opt.step()
-        hist.append(dict(step=step, **{k: float(v.detach()) for k, v in parts.items()}))
-        if progress and (step + 1) % max(1, cfg.steps // 5) == 0: print(f"step {step + 1}: loss {np.mean([h['loss'] for h in hist[-50:]]):.4f}")
-    model.eval()
-    return dict(model=model, history=pd.DataFrame(hist), seconds=time.time() - t0)
+        return step1_loss(mods['model'], d, x1.to(dev), c1.to(dev), x1[perm].to(dev), c2.to(dev), g, lam=cfg.contrastive,
+                          margin=cfg.margin, same=(y1 == y2).to(dev))        # Eq. (5)
+
+    f = fit({'model': model}, objective, steps=cfg.steps, lr=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed,
+            out_dir=out_dir, config=asdict(cfg), resumable=('steps', 'ckpt_every'), fingerprint=h.hexdigest(), columns=('loss', 'mse', 'contrastive'),
+            ckpt_every=cfg.ckpt_every, log_every=max(1, cfg.steps // 5), mixed_precision=cfg.mixed_precision,
+            progress=progress, desc='D-Cube step 1')
+    return dict(model=model.eval(), history=pd.DataFrame(f.log, columns=['step', 'loss', 'mse', 'contrastive', 'grad_norm']),
+                seconds=f.seconds)
 
 # %% ../nbs/16_dcube.ipynb #862494d3
 def _resnet(arch: str, weights=None, seed: int = 0) -> nn.Module:
@@ -205,13 +213,6 @@ class DCubeConfig:
         if not 0 <= self.ema_decay < 1: raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if not 0 <= self.flip_p <= 1: raise ValueError(f"flip_p must lie in [0, 1], got {self.flip_p}")
 
-def _auroc(y, logits) -> float:
-    from sklearn.metrics import roc_auc_score
-    y, L = np.asarray(y), torch.as_tensor(logits).float()
-    if len(np.unique(y)) < 2: return float('nan')
-    if L.shape[1] == 2: return float(roc_auc_score(y, (L[:, 1] - L[:, 0]).numpy()))
-    return float(roc_auc_score(y, L.softmax(1).numpy(), multi_class='ovr', labels=list(range(L.shape[1]))))
-
 @torch.no_grad()
 def predict_dcube(model: DCube, cache: FeatureCache, images: torch.Tensor, batch_size: int = 128, flip: bool = False) -> torch.Tensor:
     "(N, C) logits of `model` (eval mode) on the cached features (of the flipped images if `flip`)."
@@ -234,6 +235,7 @@ def train_dcube(model: DCube, train: FeatureCache, x_train: torch.Tensor, y_trai
                 x_valid: torch.Tensor, y_valid, cfg: DCubeConfig, diffusion_model=None, progress: bool = False) -> dict:
     """Train the D-Cube classifier (Eq. (10)); returns dict(model = the best epoch's EMA model, best_epoch, best_metric,
     history (per step), evals (per epoch), seconds). `diffusion_model` (frozen) is needed when cfg.cycle."""
+    from timm.utils import ModelEmaV3
     C = model.num_classes
     y_train, y_valid = _check_labels(y_train, len(train), C, 'y_train'), _check_labels(y_valid, len(valid), C, 'y_valid')
     if len(x_train) != len(train) or len(x_valid) != len(valid): raise ValueError("images and cached features must have the same length")
@@ -243,7 +245,7 @@ def train_dcube(model: DCube, train: FeatureCache, x_train: torch.Tensor, y_trai
     dev = next(model.parameters()).device
     g = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ema = EMA(model, cfg.ema_decay)
+    ema = ModelEmaV3(model, decay=cfg.ema_decay, exclude_buffers=True).requires_grad_(False)   # params averaged, buffers copied
     hist, evals, best, t0, step = [], [], (-math.inf, None, -1), time.time(), 0
     for epoch in range(cfg.epochs):
         model.train()
@@ -262,7 +264,7 @@ def train_dcube(model: DCube, train: FeatureCache, x_train: torch.Tensor, y_trai
             opt.zero_grad(set_to_none=True); parts['loss'].backward(); opt.step()
             ema.decay = min(cfg.ema_decay, (1 + step) / (10 + step)); ema.update(model)
             hist.append(dict(step=step, epoch=epoch, **{k: float(v.detach()) for k, v in parts.items()})); step += 1
-        metric = _auroc(y_valid.numpy(), predict_dcube(ema.module, valid, x_valid))
+        metric = logits_auroc(predict_dcube(ema.module, valid, x_valid).numpy(), y_valid.numpy())
         evals.append(dict(epoch=epoch, step=step, valid_auroc=metric, seconds=time.time() - t0))
         if progress: print(f"epoch {epoch}: loss {np.mean([h['loss'] for h in hist if h['epoch'] == epoch]):.4f}, valid AUROC {metric:.3f}")
         if metric > best[0] or cfg.select == 'last': best = (metric, copy.deepcopy(ema.module.state_dict()), epoch)

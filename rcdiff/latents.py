@@ -4,13 +4,13 @@
 
 # %% ../nbs/02_latents.ipynb #4bf0d98d
 from __future__ import annotations
-import hashlib, json, os, re, tempfile
+import hashlib, json, os, re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .data import Dataset, cache_dir
+from .data import Dataset, cache_dir, atomic_write
 
 # %% auto #0
 __all__ = ['LATENT_VERSION', 'SD_SCALING_FACTOR', 'PCA_DEFAULTS', 'TokenizerError', 'VAETokenizer', 'patchify', 'unpatchify',
@@ -188,12 +188,7 @@ class PCATokenizer:
     def save(self, path) -> Path:
         "Write weights and config to a `.safetensors` file (atomically)."
         from safetensors.torch import save_file
-        path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix='.tmp-', suffix='.safetensors'); os.close(fd)
-        try: save_file(self._tensors(), tmp, metadata=self._meta()); os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp): os.unlink(tmp)
-        return path
+        return atomic_write(path, lambda tmp: save_file(self._tensors(), tmp, metadata=self._meta()))
 
     @classmethod
     def load(cls, path) -> 'PCATokenizer':
@@ -272,11 +267,7 @@ def _images_hash(x) -> str:
 def latent_cache_file(key: str) -> Path: return cache_dir()/'latents'/f'{key}.pt'
 
 def _save_latents(path: Path, ls: LatentSet) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix='.tmp-', suffix='.pt'); os.close(fd)
-    try: torch.save({'mean': ls.mean, 'std': ls.std, 'meta': ls.meta}, tmp); os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp): os.unlink(tmp)
+    atomic_write(path, lambda tmp: torch.save({'mean': ls.mean, 'std': ls.std, 'meta': ls.meta}, tmp))
 
 def _load_latents(path: Path, key: str):
     try: d = torch.load(path, map_location='cpu', weights_only=True)

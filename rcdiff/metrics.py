@@ -6,6 +6,7 @@
 from __future__ import annotations
 import numpy as np, pandas as pd
 from scipy.optimize import minimize
+from typing import NamedTuple
 from scipy.special import log_softmax, softmax
 from sklearn import metrics as skm
 
@@ -14,7 +15,7 @@ __all__ = ['BINARY_METRICS', 'MULTICLASS_METRICS', 'binary_metrics', 'bootstrap_
            'paired_bootstrap', 'verdict', 'claims_table', 'youden_threshold', 'recall_by_group',
            'false_positive_rate_by_group', 'confusion_matrix', 'multiclass_metrics', 'plot_confusion', 'MulticlassCI',
            'multiclass_bootstrap_ci', 'multiclass_ci_table', 'multiclass_paired_bootstrap', 'evidence', 'logits_auroc',
-           'decision_rules', 'one_class_rules']
+           'decision_rules', 'one_class_rules', 'CalibratedTable', 'calibrated_table']
 
 # %% ../nbs/10_metrics.ipynb #b1c60fbe
 BINARY_METRICS = ('accuracy', 'f1', 'recall', 'precision', 'auroc', 'balanced_accuracy', 'sensitivity', 'specificity')
@@ -522,12 +523,16 @@ def evidence(logits, positive: int = 1) -> np.ndarray:
 
 def logits_auroc(logits, y, positive: int | None = 1) -> float:
     """AUROC of (N, C) logits for labels y: of `evidence(logits, positive)` for two classes, else the macro
-    one-vs-rest AUROC of softmax(logits) (`positive` unused). The logits keep their dtype."""
+    one-vs-rest AUROC of softmax(logits) (`positive` unused). The logits keep their dtype. nan where `y` lacks a class
+    (no AUROC is defined): model selection reads it as "cannot tell" rather than failing."""
     L, y = np.asarray(logits), np.asarray(y)
     if L.ndim != 2 or L.shape[1] < 2 or len(L) != len(y): raise ValueError(f"logits must be (N, C >= 2) for N = {len(y)} labels, got shape {L.shape}")
     if not np.issubdtype(L.dtype, np.floating): L = L.astype(float)
-    if L.shape[1] == 2: return skm.roc_auc_score((y == positive).astype(int), evidence(L, positive))
-    return skm.roc_auc_score(y, softmax(L, axis=1), multi_class='ovr', labels=list(range(L.shape[1])))
+    if L.shape[1] == 2:
+        yb = (y == positive).astype(int)
+        return float(skm.roc_auc_score(yb, evidence(L, positive))) if 0 < yb.sum() < len(yb) else float('nan')
+    if len(np.unique(y)) < L.shape[1]: return float('nan')
+    return float(skm.roc_auc_score(y, softmax(L, axis=1), multi_class='ovr', labels=list(range(L.shape[1]))))
 
 def decision_rules(logits: dict, y_valid, y_test, positive: int | None = 1, n_boot: int = 2000, seed: int = 0,
                    groups=None, class_names=None) -> dict:
@@ -562,3 +567,28 @@ def one_class_rules(pred: dict, class_names, positive: int | None = None) -> lis
     With `positive`, decisions are 1 = class `positive` of two; without, class indices into `class_names`."""
     name = lambda v: (class_names[positive] if v else class_names[1 - positive]) if positive is not None else class_names[int(v)]
     return [f"{rule} rule: all '{name(p[0])}'" for rule, p in pred.items() if len(set(p)) == 1]
+
+# %% ../nbs/10_metrics.ipynb #ctcode01
+class CalibratedTable(NamedTuple):
+    table: pd.DataFrame     # one row per classifier: value and interval of each metric, classes, averaging, n_test, interval
+    cis: dict               # name -> multiclass_bootstrap_ci of its calibrated test logits
+    logits: dict            # name -> calibrated test logits (N, C), float32
+    one_class: dict         # name -> the one class its calibrated rule names, where it names only one
+    notes: list             # one sentence per such classifier
+
+def calibrated_table(rows: dict, y_valid, y_test, class_names, n_boot: int = 2000, seed: int = 0, groups=None,
+                     interval: str = '', metrics=('accuracy', 'precision', 'recall', 'f1', 'auroc')) -> CalibratedTable:
+    """Macro metrics with bootstrap intervals of classifiers `rows` = {name: {'valid': logits, 'test': logits}}, each
+    calibrated by the `PriorCalibration` fitted on its valid logits and labels `y_valid` (argmax and softmax of the
+    calibrated test logits against `y_test`)."""
+    yv, yt = np.asarray(y_valid), np.asarray(y_test)
+    Lt = {n: PriorCalibration.fit(np.asarray(L['valid'], float), yv)(np.asarray(L['test'], float)).astype(np.float32)
+          for n, L in rows.items()}
+    cis = {n: multiclass_bootstrap_ci(yt, v.argmax(1), softmax(v, axis=1), n_boot=n_boot, seed=seed, class_names=class_names,
+                                      groups=groups) for n, v in Lt.items()}
+    wide, _ = multiclass_ci_table(cis, list(metrics))
+    wide = wide.T.assign(classes=', '.join(class_names), averaging='macro', n_test=len(yt), interval=interval)
+    one = {n: class_names[int(v.argmax(1)[0])] for n, v in Lt.items() if len(np.unique(v.argmax(1))) == 1}
+    notes = [f"note: {n!r} calls all {len(yt)} test images {c!r} after calibration; its accuracy is that class's share and "
+             f"its macro recall 1/{len(class_names)}; only its AUROC (a ranking) says anything" for n, c in one.items()]
+    return CalibratedTable(wide, cis, Lt, one, notes)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from .data import atomic_write
 from .config import Config, ConfigError, PRESETS, load_config, overrides_of, parse_overrides, to_yaml
 
 # %% auto #0
@@ -189,9 +190,7 @@ def to_markdown(df, floatfmt='.4g') -> str:
     lines.insert(1, '|' + '|'.join('---' for _ in df.columns) + '|')
     return '\n'.join(lines) + '\n'
 
-def _atomic_write(path: Path, text: str):
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    tmp.write_text(text); os.replace(tmp, path)
+def _atomic_write(path: Path, text: str): atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 class RunDir:
     "The run folder an experiment notebook writes into."
@@ -303,8 +302,7 @@ def _execute_lesson(src, dest):
     from fastcore.xtras import working_directory
     nb, k = read_nb(src), CaptureShell(src)
     with working_directory(Path(src).parent): k.run_all(nb, exc_stop=True, preproc=_skip_cell)
-    tmp = Path(dest).with_suffix('.tmp')
-    write_nb(nb, tmp); os.replace(tmp, dest)
+    atomic_write(dest, lambda tmp: write_nb(nb, tmp))
 
 def run_lessons(out=None, only=None, log=print) -> Path:
     "Execute the library notebooks (all, or those named in `only`) into `out` (default `reports/lessons`); a failure stops."

@@ -4,13 +4,14 @@
 
 # %% ../nbs/11_sample.ipynb #6421b15f
 from __future__ import annotations
-import hashlib, os, tempfile, warnings
+import hashlib, warnings
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from .data import atomic_write
 from .diffusion import Diffusion
 from .latents import LatentSet
 from .train import CKPT_NAME, TrainConfig, load_checkpoint
@@ -224,16 +225,8 @@ def save_samples(path, images: np.ndarray) -> Path:
     path = Path(path)
     check_samples(images, str(path))
     if path.exists(): raise FileExistsError(f"'{path}' exists: samples are never overwritten; choose another path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix='.tmp-', suffix='.npz')
-    try:
-        with os.fdopen(fd, 'wb') as f: np.savez(f, arr_0=images)
-        try: os.link(tmp, path)                                   # fails, rather than replaces, if path appeared meanwhile
-        except FileExistsError: raise FileExistsError(f"'{path}' exists: samples are never overwritten; choose another path") from None
-        except OSError: os.replace(tmp, path)                     # a file system without hard links
-    finally:
-        if os.path.exists(tmp): os.unlink(tmp)
-    return path
+    try: return atomic_write(path, lambda tmp: np.savez(tmp, arr_0=images), overwrite=False)   # also if path appeared meanwhile
+    except FileExistsError: raise FileExistsError(f"'{path}' exists: samples are never overwritten; choose another path") from None
 
 def load_samples(path) -> np.ndarray:
     "The uint8 (N, H, W, C) images under `arr_0` of the .npz `path`; a one-line `SamplesError` for anything else."

@@ -4,22 +4,23 @@
 
 # %% ../nbs/06_train.ipynb #9a3e43a0
 from __future__ import annotations
-import copy, csv, dataclasses, hashlib, json, math, os, tempfile
+import copy, csv, dataclasses, hashlib, json, math, time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn as nn
 
+from .data import atomic_write
 from .latents import LatentSet, sample_z0
 from .diffusion import Diffusion, loss as eps_loss
 from .dit import DiT, DiT_models, CONDS, DIT_SIZES
 from .encoder import RepresentationEncoder
 
 # %% auto #0
-__all__ = ['CKPT_NAME', 'LOG_NAME', 'CONFIG_NAME', 'LOG_COLUMNS', 'TrainConfig', 'build', 'update_ema', 'data_fingerprint',
-           'ResumeError', 'save_checkpoint', 'train', 'Checkpoint', 'load_checkpoint']
+__all__ = ['CKPT_NAME', 'LOG_NAME', 'CONFIG_NAME', 'LOG_COLUMNS', 'TrainConfig', 'build', 'data_fingerprint', 'ResumeError',
+           'save_checkpoint', 'Fitted', 'fit', 'train', 'Checkpoint', 'load_checkpoint']
 
 # %% ../nbs/06_train.ipynb #8d466fd6
 _MODES = CONDS  # ('none', 'class', 'representation')
@@ -86,13 +87,6 @@ def build(cfg: TrainConfig, latent_shape) -> tuple:
                 r_dropout_prob=cfg.r_dropout, seed=cfg.seed)
     return model, encoder
 
-# %% ../nbs/06_train.ipynb #86fac277
-@torch.no_grad()
-def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    "ema ← decay · ema + (1 − decay) · model, parameter by parameter (in place)."
-    src = dict(model.named_parameters())
-    for name, p in ema.named_parameters(): p.mul_(decay).add_(src[name].detach().to(p.dtype), alpha=1 - decay)
-
 # %% ../nbs/06_train.ipynb #14c46bd8
 def _batch_indices(n: int, batch_size: int, g: torch.Generator) -> torch.Tensor:
     "`batch_size` indices into n items: distinct when batch_size <= n."
@@ -120,29 +114,19 @@ _RESUMABLE = ('steps', 'ckpt_every', 'log_every')  # config fields that may chan
 class ResumeError(ValueError):
     "A checkpoint that cannot be continued by this call (another config, data or number of processes)."
 
-def _atomic_write(path: Path, write) -> Path:
-    "Call `write(tmp)` on a temporary file next to `path`, then `os.replace` it onto `path`."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix='.tmp-', suffix=path.suffix); os.close(fd)
-    try: write(tmp); os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp): os.unlink(tmp)
-    return path
-
 def save_checkpoint(path, state: dict) -> Path:
-    "Write `state` with `torch.save`, atomically."
-    return _atomic_write(path, lambda tmp: torch.save(state, tmp))
+    "Write `state` with `torch.save`, atomically (`rcdiff.data.atomic_write`)."
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
-def _config_problems(saved: dict, cfg: TrainConfig) -> list:
-    now = cfg.to_dict()
+def _config_problems(saved: dict, now: dict, resumable=_RESUMABLE) -> list:
     return [f"{k}={saved.get(k)!r} there, {now.get(k)!r} here" for k in sorted(set(saved) | set(now))
-            if k not in _RESUMABLE and saved.get(k) != now.get(k)]
+            if k not in resumable and saved.get(k) != now.get(k)]
 
-def _read_log(path: Path, upto: int) -> list:
+def _read_log(path: Path, upto: int, header=LOG_COLUMNS) -> list:
     "Rows of a loss log with step <= `upto`; `ResumeError` if it is not one of ours."
     with open(path, newline='') as f:
         rows = list(csv.reader(f))
-    if not rows or tuple(rows[0]) != LOG_COLUMNS:
+    if not rows or tuple(rows[0]) != tuple(header):
         raise ResumeError(f"'{path}' is not a loss log of rcdiff.train (header {rows[0] if rows else None}); "
                           "train into another out_dir")
     return [r for r in rows[1:] if r and int(r[0]) <= upto]
@@ -163,13 +147,134 @@ def _load_state(path: Path) -> dict:
         raise ResumeError(f"'{path}' is not a checkpoint of rcdiff.train; train into another out_dir")
     return state
 
-def _write_log(path: Path, rows: list) -> None:
+def _write_log(path: Path, header, rows: list) -> None:
     def write(tmp):
-        with open(tmp, 'w', newline='') as f: csv.writer(f).writerows([LOG_COLUMNS, *rows])
-    _atomic_write(path, write)
+        with open(tmp, 'w', newline='') as f: csv.writer(f).writerows([header, *rows])
+    atomic_write(path, write)
 
 def _append_log(path: Path, rows: list) -> None:
     with open(path, 'a', newline='') as f: csv.writer(f).writerows(rows)
+
+# %% ../nbs/06_train.ipynb #fitcode1
+@dataclass
+class Fitted:
+    "What `fit` leaves: the trained modules (unwrapped), their EMAs (None without EMA), the log rows, the last step."
+    modules: dict
+    emas: dict | None
+    log: list
+    step: int
+    seconds: float
+
+def _ema_key(name: str) -> str: return 'ema' if name == 'model' else f'ema_{name}'
+
+def fit(modules: dict, objective: Callable, *, steps: int, lr: float, weight_decay: float = 0., grad_clip: float | None = None,
+        ema_decay: float | None = None, seed: int | Callable[[int], int] = 0, out_dir=None, config: dict | None = None,
+        resumable: tuple = (), fingerprint: str = '', columns: tuple = ('loss',), ckpt_every: int | None = None,
+        log_every: int = 1, evaluate: Callable | None = None, eval_every: int | None = None, extra=None,
+        mixed_precision: str = 'no', tf32: bool = True, resume: bool = True, max_steps: int | None = None,
+        progress: bool = True, desc: str = 'train', ckpt_extra: dict | None = None, files: dict | None = None) -> Fitted:
+    """The one training loop of rcdiff (pre-training, tuning, D-Cube step 1): AdamW on `modules` (name -> module),
+    `objective(mods, g, device) -> dict` of the step's tensors ('loss' is minimised, the other `columns` are logged),
+    gradient clipping, an EMA of every module (timm's `ModelEmaV3`; `ema_decay=None`: none), `evaluate(step, mods, emas)`
+    at step 0, every `eval_every` steps and at the end, and, with `out_dir`, a log (`loss.csv`) and an atomic checkpoint
+    (`checkpoint.pt`) every `ckpt_every` steps from which a later call continues exactly (same `config` but `resumable`
+    keys, same data `fingerprint`, same number of processes). `extra` (state_dict/load_state_dict) rides along in it;
+    `files` (name -> text) are written into `out_dir` once those checks have passed."""
+    from accelerate import Accelerator
+    from accelerate.utils import gather_object
+    from timm.utils import ModelEmaV3
+    from tqdm.auto import tqdm
+    if max_steps is not None and max_steps < 0: raise ValueError(f"max_steps must be >= 0, got {max_steps}")
+    cuda = torch.cuda.is_available()
+    acc = Accelerator(cpu=not cuda, mixed_precision=mixed_precision if cuda else 'no')
+    # adaLN-Zero starts from zero weights: the first steps produce subnormal floats, which x86 CPUs compute up to
+    # ~40x slower (measured here: 2 s instead of 0.17 s per DiT-T/2 step). Flush them to zero, as GPUs do.
+    if not cuda: torch.set_flush_denormal(True)
+    if cuda and tf32: torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    names = [k for k, m in modules.items() if m is not None]
+    params = [p for k in names for p in modules[k].parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    g = torch.Generator().manual_seed(seed(acc.process_index) if callable(seed) else seed)   # the loop's only RNG
+    emas = {k: ModelEmaV3(modules[k], decay=ema_decay, exclude_buffers=True).requires_grad_(False) for k in names} if ema_decay is not None else None
+    header = ('step', *columns, 'grad_norm')
+    out = Path(out_dir) if out_dir is not None else None
+    ckpt_path, log_path = (out/CKPT_NAME, out/LOG_NAME) if out is not None else (None, None)
+    step, rows = 0, []
+    if out is not None and ckpt_path.exists():
+        if not resume: raise FileExistsError(f"'{ckpt_path}' exists: pass resume=True to continue it, or use another out_dir")
+        state = _load_state(ckpt_path)
+        problems = _config_problems(state['config'], config or {}, resumable)
+        if problems: raise ResumeError(f"'{ckpt_path}' belongs to another run ({'; '.join(problems)}): "
+                                       "use the same config to resume it, or another out_dir")
+        if state['data'] != fingerprint: raise ResumeError(f"'{ckpt_path}' was trained on other latents, images, labels or initial weights: use another out_dir")
+        if len(state['rng']) != acc.num_processes:
+            raise ResumeError(f"'{ckpt_path}' was written by {len(state['rng'])} processes, this run has {acc.num_processes}")
+        for k in names:
+            modules[k].load_state_dict(state[k])
+            if emas is not None: emas[k].module.load_state_dict(state[_ema_key(k)])
+        opt.load_state_dict(state['optimizer'])
+        g.set_state(state['rng'][acc.process_index])
+        if extra is not None: extra.load_state_dict(state['extra'])
+        step = state['step']
+        if log_path.exists() and acc.is_main_process: rows = _read_log(log_path, step, header)
+        del state
+    elif out is not None and log_path.exists(): _read_log(log_path, 0, header)   # a log without checkpoint: only ours may be restarted
+    stop = steps if max_steps is None else min(steps, step + max_steps)
+    if out is not None and acc.is_main_process:
+        _write_log(log_path, header, rows)            # drop rows logged after the checkpoint (a crash in between)
+        for name, text in (files or {}).items(): atomic_write(out/name, lambda tmp: Path(tmp).write_text(text))
+    prepared = acc.prepare(*(modules[k] for k in names), opt)
+    mods, opt = dict(zip(names, prepared[:-1])), prepared[-1]
+    raw = {k: acc.unwrap_model(m) for k, m in mods.items()}
+    if emas is not None:
+        for e in emas.values(): e.to(acc.device).eval()
+    views = {k: e.module for k, e in emas.items()} if emas is not None else None
+
+    def checkpoint(step):
+        rng = gather_object([g.get_state()])          # every process's stream, rank order
+        if acc.is_main_process:
+            state = {k: raw[k].state_dict() if k in raw else None for k in modules}     # an absent module is stored as None
+            if emas is not None: state.update({_ema_key(k): emas[k].module.state_dict() if k in emas else None for k in modules})
+            save_checkpoint(ckpt_path, dict(state, **(ckpt_extra or {}), optimizer=opt.state_dict(), step=step,
+                                            config=config or {}, data=fingerprint, rng=rng,
+                                            extra=extra.state_dict() if extra is not None else None, version=2))
+        acc.wait_for_everyone()
+
+    def check(step):
+        if evaluate is None: return
+        for m in mods.values(): m.eval()
+        evaluate(step, raw, views)
+        for m in mods.values(): m.train()
+
+    for m in mods.values(): m.train()
+    t0, pending = time.time(), []
+    if step == 0: check(0)
+    bar = tqdm(total=steps, initial=step, desc=desc, disable=not (progress and acc.is_main_process))
+    while step < stop:
+        step += 1
+        parts = objective(mods, g, acc.device)
+        acc.backward(parts['loss'])
+        grad_norm = acc.clip_grad_norm_(params, grad_clip or math.inf)
+        opt.step(); opt.zero_grad(set_to_none=True)
+        if emas is not None:
+            for k in names: emas[k].update(raw[k])
+        value = acc.reduce(parts['loss'].detach(), 'mean').item()
+        if not math.isfinite(value): raise FloatingPointError(f"{desc}: loss is {value} at step {step}")
+        pending.append([step, *(repr(acc.reduce(parts[c].detach().float(), 'mean').item()) for c in columns), repr(float(grad_norm))])
+        bar.update(1)
+        ckpt = out is not None and (step == stop or (ckpt_every and step % ckpt_every == 0))
+        if step % log_every == 0 or ckpt or step == stop:   # the log always covers every checkpointed step
+            bar.set_postfix(loss=f"{value:.4f}")
+            if acc.is_main_process:
+                if out is not None: _append_log(log_path, pending)
+                rows += pending
+            pending = []
+        if eval_every and step % eval_every == 0 or step == steps: check(step)
+        if ckpt: checkpoint(step)
+    bar.close()
+    if out is not None and step == 0: checkpoint(0)   # steps already done (or none asked): still leave a checkpoint
+    for m in raw.values(): m.eval()
+    return Fitted(raw, views, [[int(r[0]), *map(float, r[1:])] for r in rows], step, time.time() - t0)
 
 # %% ../nbs/06_train.ipynb #9240e8c8
 def _check_labels(cfg: TrainConfig, latents: LatentSet, labels):
@@ -187,108 +292,35 @@ def _check_labels(cfg: TrainConfig, latents: LatentSet, labels):
 
 def train(cfg: TrainConfig, latents: LatentSet, out_dir, labels=None, resume: bool = True, progress: bool = True,
           max_steps: int | None = None) -> dict:
-    "Pre-train by Eq. (2) of the RC-LDT paper (jointly with f_phi of Eq. (1) for `cond='representation'`); checkpoints in `out_dir`."
-    from accelerate import Accelerator
-    from accelerate.utils import gather_object
-    from tqdm.auto import tqdm
+    "Pre-train by Eq. (2) of the RC-LDT paper (jointly with f_phi of Eq. (1) for `cond='representation'`) with `fit`; checkpoints in `out_dir`."
     labels = _check_labels(cfg, latents, labels)
-    if max_steps is not None and max_steps < 0: raise ValueError(f"max_steps must be >= 0, got {max_steps}")
-    out = Path(out_dir); ckpt_path, log_path = out/CKPT_NAME, out/LOG_NAME
-    cuda = torch.cuda.is_available()
-    acc = Accelerator(cpu=not cuda, mixed_precision=cfg.mixed_precision if cuda else 'no')
-    # adaLN-Zero starts from zero weights: the first steps produce subnormal floats, which x86 CPUs compute up to
-    # ~40x slower (measured here: 2 s instead of 0.17 s per DiT-T/2 step). Flush them to zero, as GPUs do.
-    if not cuda: torch.set_flush_denormal(True)
-    if cuda and cfg.tf32: torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    fingerprint = data_fingerprint(latents, labels)
-
-    # ---- build, or restore from the last checkpoint -------------------------------------------------------
-    model, encoder = build(cfg, latents.shape)
-    trainable = [p for m in (model, encoder) if m is not None for p in m.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    g = torch.Generator().manual_seed(_stream_seed(cfg.seed, acc.process_index))   # the loop's only RNG
-    ema = copy.deepcopy(model).requires_grad_(False)
-    ema_encoder = copy.deepcopy(encoder).requires_grad_(False) if encoder is not None else None
-    step, log_rows = 0, []
-    if ckpt_path.exists():
-        if not resume: raise FileExistsError(f"'{ckpt_path}' exists: pass resume=True to continue it, or use another out_dir")
-        state = _load_state(ckpt_path)
-        problems = _config_problems(state['config'], cfg)
-        if problems: raise ResumeError(f"'{ckpt_path}' belongs to another run ({'; '.join(problems)}): "
-                                       "use the same config to resume it, or another out_dir")
-        if state['data'] != fingerprint: raise ResumeError(f"'{ckpt_path}' was trained on other latents/labels: use another out_dir")
-        if len(state['rng']) != acc.num_processes:
-            raise ResumeError(f"'{ckpt_path}' was written by {len(state['rng'])} processes, this run has {acc.num_processes}")
-        model.load_state_dict(state['model']); ema.load_state_dict(state['ema'])
-        if encoder is not None: encoder.load_state_dict(state['encoder']); ema_encoder.load_state_dict(state['ema_encoder'])
-        opt.load_state_dict(state['optimizer'])
-        g.set_state(state['rng'][acc.process_index])
-        step = state['step']
-        if log_path.exists() and acc.is_main_process: log_rows = _read_log(log_path, step)
-        del state
-    elif log_path.exists(): _read_log(log_path, 0)   # a log without checkpoint: only ours may be restarted
+    out = Path(out_dir)
     _check_config_file(out/CONFIG_NAME)
-    stop = cfg.steps if max_steps is None else min(cfg.steps, step + max_steps)
-    if acc.is_main_process:
-        _write_log(log_path, log_rows)               # drop rows logged after the checkpoint (a crash in between)
-        _atomic_write(out/CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=1)))
-    prepared = acc.prepare(*(m for m in (model, encoder) if m is not None), opt)
-    model, opt = prepared[0], prepared[-1]
-    encoder = prepared[1] if encoder is not None else None
-    ema.to(acc.device).eval()
-    if ema_encoder is not None: ema_encoder.to(acc.device).eval()
+    model, encoder = build(cfg, latents.shape)
     diffusion = Diffusion(T=cfg.T)
-    y_all = labels
 
-    def checkpoint(step):
-        rng = gather_object([g.get_state()])          # every process's stream, rank order
-        if acc.is_main_process:
-            save_checkpoint(ckpt_path, dict(
-                model=acc.unwrap_model(model).state_dict(), ema=ema.state_dict(),
-                encoder=acc.unwrap_model(encoder).state_dict() if encoder is not None else None,
-                ema_encoder=ema_encoder.state_dict() if ema_encoder is not None else None,
-                optimizer=opt.state_dict(), step=step, config=cfg.to_dict(), data=fingerprint, rng=rng,
-                latent_shape=list(latents.shape), version=1))
-        acc.wait_for_everyone()
-
-    # ---- the loop ----------------------------------------------------------------------------------------
-    model.train()
-    if encoder is not None: encoder.train()
-    pending = []
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.cond}", disable=not (progress and acc.is_main_process))
-    while step < stop:
-        step += 1
+    def objective(mods, g, dev):
         idx = _batch_indices(len(latents), cfg.batch_size, g)
-        z0 = sample_z0(latents, idx, generator=g, flip=cfg.flip).to(acc.device)   # z0 = E(x), flipped at random
+        z0 = sample_z0(latents, idx, generator=g, flip=cfg.flip).to(dev)         # z0 = E(x), flipped at random
         t, eps, z_t = diffusion.training_inputs(z0, g)                            # z_t = γ_t z0 + δ_t ε
         if cfg.cond == 'representation':
-            r = encoder(z0)                                                       # Eq. (1): r = f_φ(z0), clean z0
-            eps_pred = model(z_t, t, r=r, generator=g)                            # g_θ(z_t, r, t)
+            r = mods['encoder'](z0)                                               # Eq. (1): r = f_φ(z0), clean z0
+            eps_pred = mods['model'](z_t, t, r=r, generator=g)                    # g_θ(z_t, r, t)
         elif cfg.cond == 'class':
-            eps_pred = model(z_t, t, y_all[idx].to(acc.device), generator=g)      # g_θ(z_t, y, t)
+            eps_pred = mods['model'](z_t, t, labels[idx].to(dev), generator=g)    # g_θ(z_t, y, t)
         else:
-            eps_pred = model(z_t, t)                                              # g_θ(z_t, t)
-        loss = eps_loss(eps, eps_pred.float())                                    # Eq. (2): ‖ε − g_θ(·)‖², over θ and φ
-        acc.backward(loss)
-        grad_norm = acc.clip_grad_norm_(trainable, cfg.grad_clip or math.inf)
-        opt.step(); opt.zero_grad(set_to_none=True)
-        update_ema(ema, acc.unwrap_model(model), cfg.ema_decay)
-        if encoder is not None: update_ema(ema_encoder, acc.unwrap_model(encoder), cfg.ema_decay)
+            eps_pred = mods['model'](z_t, t)                                      # g_θ(z_t, t)
+        return dict(loss=eps_loss(eps, eps_pred.float()), t_mean=t.float().mean())   # Eq. (2): ‖ε − g_θ(·)‖², over θ and φ
 
-        value = acc.reduce(loss.detach(), 'mean').item()
-        if not math.isfinite(value): raise FloatingPointError(f"loss is {value} at step {step}")
-        pending.append([step, repr(value), repr(acc.reduce(t.float().mean(), 'mean').item()), repr(float(grad_norm))])
-        bar.update(1)
-        last, ckpt = step == stop, step % cfg.ckpt_every == 0 or step == stop
-        if step % cfg.log_every == 0 or ckpt:       # the log always covers every checkpointed step
-            bar.set_postfix(loss=f"{value:.4f}")
-            if acc.is_main_process: _append_log(log_path, pending)
-            pending = []
-        if ckpt: checkpoint(step)
-    bar.close()
-    if step == 0: checkpoint(0)                       # steps already done (or none asked): still leave a checkpoint
-    losses = [float(r[1]) for r in _read_log(log_path, step)] if acc.is_main_process else []
-    return dict(out_dir=str(out), checkpoint=str(ckpt_path), loss_csv=str(log_path), step=step,
+    f = fit(dict(model=model, encoder=encoder), objective, steps=cfg.steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
+            grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay, seed=lambda rank: _stream_seed(cfg.seed, rank), out_dir=out,
+            config=cfg.to_dict(), resumable=_RESUMABLE, fingerprint=data_fingerprint(latents, labels),
+            columns=('loss', 't_mean'), ckpt_every=cfg.ckpt_every, log_every=cfg.log_every,
+            mixed_precision=cfg.mixed_precision, tf32=cfg.tf32, resume=resume, max_steps=max_steps, progress=progress,
+            desc=f"train {cfg.cond}", ckpt_extra=dict(latent_shape=list(latents.shape)),
+            files={CONFIG_NAME: json.dumps(cfg.to_dict(), indent=1)})
+    losses = [r[1] for r in f.log]
+    return dict(out_dir=str(out), checkpoint=str(out/CKPT_NAME), loss_csv=str(out/LOG_NAME), step=f.step,
                 last_loss=losses[-1] if losses else None, min_loss=min(losses) if losses else None)
 
 # %% ../nbs/06_train.ipynb #e46e1f36

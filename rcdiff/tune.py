@@ -15,7 +15,8 @@ import torch
 from .latents import LatentSet, sample_z0, _hash_tensors
 from .diffusion import Diffusion, loss as eps_loss, loss_per_sample
 from .dit import DiT, to_class_conditioning
-from .train import TrainConfig, build, update_ema, data_fingerprint, save_checkpoint, _atomic_write, train as _train, load_checkpoint
+from .data import atomic_write as _atomic_write
+from .train import TrainConfig, build, data_fingerprint, save_checkpoint, fit, CKPT_NAME, train as _train, load_checkpoint
 
 # %% auto #0
 __all__ = ['LABEL_INITS', 'RESULT_NAME', 'LOSS_NAME', 'EVALS_NAME', 'TCONFIG_NAME', 'r_embeddings', 'from_pretrained', 'dit_arch',
@@ -106,6 +107,7 @@ class TuneConfig:
     grad_clip: float | None = 1.0
     flip: bool = True               # horizontal flips from the LatentSet's flipped copy
     eval_every: int = 100           # evaluate on valid every this many steps (and at step 0)
+    ckpt_every: int = 1000          # checkpoint (for resuming an interrupted run) every this many steps
     select: str = 'best'            # weights returned: the 'best' valid evaluation, or the 'last' (valid too small to choose)
     valid_samples: int = 8          # default criterion: (t, ε) pairs per valid image
     T: int = 1000
@@ -173,14 +175,30 @@ class TuneResult:
     seconds: float
     out_dir: Path
 
+class _Selection:
+    "Valid evaluations and the best (or last) weights so far: `fit`'s evaluation hook, saved in its checkpoints."
+    def __init__(self, cfg: TuneConfig, evaluate):
+        self.cfg, self.evaluate, self.evals, self.best = cfg, evaluate, [], dict(metric=-math.inf, step=-1, state=None)
+    def __call__(self, step, raw, emas):
+        m = emas['model'] if self.cfg.use_ema else raw['model']
+        v = float(self.evaluate(m))
+        self.evals.append(dict(step=step, metric=v))
+        if (step > 0 or self.cfg.steps == 0) and (v > self.best['metric'] or self.cfg.select == 'last'):
+            self.best = dict(metric=v, step=step, state={k: t.detach().cpu().clone() for k, t in m.state_dict().items()})
+    def state_dict(self): return dict(evals=self.evals, best=self.best)
+    def load_state_dict(self, s): self.evals, self.best = s['evals'], s['best']
+
 def _read_result(out: Path, model: DiT, fp: str, cfg: TuneConfig):
-    "A finished run in `out` for this config/init/data, or None if `out` holds no tuning files; refuse anything else."
-    files = [out/n for n in (RESULT_NAME, LOSS_NAME, EVALS_NAME, TCONFIG_NAME)]
-    if not any(f.exists() for f in files): return None
+    """A finished run in `out` for this config/init/data; None if `out` holds no tuning files or an unfinished run's
+    checkpoint (which `fit` continues, or refuses when it is another run's); refuse anything else."""
+    if not (out/RESULT_NAME).exists():
+        if (out/CKPT_NAME).exists() or not any((out/n).exists() for n in (LOSS_NAME, EVALS_NAME, TCONFIG_NAME)): return None
+        raise FileExistsError(f"'{out}' holds tuning files but neither a result nor a checkpoint: tune into another out_dir; "
+                              "nothing there is overwritten")
     try: state = torch.load(out/RESULT_NAME, map_location='cpu', weights_only=True)
     except Exception: state = None
     if not isinstance(state, dict) or state.get('fingerprint') != fp or state.get('config') != cfg.to_dict():
-        raise FileExistsError(f"'{out}' holds another tuning run (other config, initial weights or data) or an unfinished one: "
+        raise FileExistsError(f"'{out}' holds another tuning run (other config, initial weights or data): "
                               "tune into another out_dir; nothing there is overwritten")
     m = copy.deepcopy(model); m.load_state_dict(state['model'])
     return TuneResult(m.eval(), pd.read_csv(out/LOSS_NAME), pd.read_csv(out/EVALS_NAME), state['best_step'],
@@ -188,9 +206,9 @@ def _read_result(out: Path, model: DiT, fp: str, cfg: TuneConfig):
 
 def tune(model: DiT, latents: LatentSet, y, cfg: TuneConfig, out_dir, valid: tuple | None = None,
          evaluate: Callable[[DiT], float] | None = None, progress: bool = True) -> TuneResult:
-    """Fine-tune a class-conditioned DiT (`from_pretrained` or `from_scratch`) by Eq. (2) on `latents` with labels `y`;
-    select on `valid` = (z0 (N, C, H, W), labels) by `evaluate(model)` (higher is better; default: minus the valid loss)."""
-    from tqdm.auto import tqdm
+    """Fine-tune a class-conditioned DiT (`from_pretrained` or `from_scratch`) by Eq. (2) on `latents` with labels `y`
+    with `fit`; select on `valid` = (z0 (N, C, H, W), labels) by `evaluate(model)` (higher is better; default: minus
+    the valid loss). An interrupted run continues from its checkpoint; a finished one is read back."""
     if getattr(model, 'cond', None) != 'class': raise ValueError("tune needs a class-conditioned DiT: use from_pretrained or from_scratch")
     y = torch.as_tensor(y).long().reshape(-1)
     if len(y) != len(latents): raise ValueError(f"{len(y)} labels for {len(latents)} latents")
@@ -202,54 +220,29 @@ def tune(model: DiT, latents: LatentSet, y, cfg: TuneConfig, out_dir, valid: tup
     out = Path(out_dir)
     fp = _fingerprint(model, latents, y)
     if (done := _read_result(out, model, fp, cfg)) is not None: return done
-    out.mkdir(parents=True, exist_ok=True)
-    cuda = torch.cuda.is_available()
-    dev = torch.device('cuda' if cuda else 'cpu')
-    if not cuda: torch.set_flush_denormal(True)       # zero-initialised layers make subnormals (see 06_train)
-    amp = cuda and cfg.mixed_precision == 'bf16'
-    model = copy.deepcopy(model).to(dev).train()
-    ema = copy.deepcopy(model).requires_grad_(False).eval()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    g = torch.Generator().manual_seed(cfg.seed)
-    diffusion = Diffusion(T=cfg.T)
-    rows, evals, t0 = [], [], time.time()
-    best = dict(metric=-math.inf, step=-1, state=None)
+    diffusion, sel = Diffusion(T=cfg.T), _Selection(cfg, evaluate)
 
-    def check(step):
-        m = ema if cfg.use_ema else model
-        was = m.training; m.eval()
-        v = float(evaluate(m)); m.train(was)
-        evals.append(dict(step=step, metric=v))
-        if (step > 0 or cfg.steps == 0) and (v > best['metric'] or cfg.select == 'last'): best.update(metric=v, step=step, state={k: t.detach().cpu().clone() for k, t in m.state_dict().items()})
-
-    check(0)
-    bar = tqdm(range(1, cfg.steps + 1), desc='tune', disable=not progress)
-    for step in bar:
+    def objective(mods, g, dev):
         idx = _batch(y, cfg.batch_size, cfg.balance, g)
         z0 = sample_z0(latents, idx, generator=g, flip=cfg.flip).to(dev)
         t, eps, z_t = diffusion.training_inputs(z0, g)                              # z_t = γ_t z0 + δ_t ε
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            out_ = model(z_t, t, y[idx].to(dev), generator=g)                        # g_θ(z_t, y, t)
-        loss = eps_loss(eps, out_.float())                                          # Eq. (2)
-        loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf)
-        opt.step(); opt.zero_grad(set_to_none=True)
-        update_ema(ema, model, cfg.ema_decay)
-        v = loss.item()
-        if not math.isfinite(v): raise FloatingPointError(f"tuning loss is {v} at step {step}")
-        rows.append(dict(step=step, loss=v, t_mean=t.float().mean().item(), grad_norm=float(gn)))
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            check(step); bar.set_postfix(loss=f"{v:.4f}", valid=f"{evals[-1]['metric']:.4f}")
-    seconds = time.time() - t0
-    hist, ev = pd.DataFrame(rows, columns=['step', 'loss', 't_mean', 'grad_norm']), pd.DataFrame(evals)
-    _atomic_write(out/LOSS_NAME, lambda tmp: hist.to_csv(tmp, index=False))
+        eps_pred = mods['model'](z_t, t, y[idx].to(dev), generator=g)               # g_θ(z_t, y, t)
+        return dict(loss=eps_loss(eps, eps_pred.float()), t_mean=t.float().mean())  # Eq. (2)
+
+    f = fit({'model': copy.deepcopy(model)}, objective, steps=cfg.steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
+            grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay if cfg.use_ema else None, seed=cfg.seed, out_dir=out,
+            config=cfg.to_dict(), resumable=('ckpt_every',), fingerprint=fp, columns=('loss', 't_mean'), ckpt_every=cfg.ckpt_every,
+            log_every=cfg.eval_every, evaluate=sel, eval_every=cfg.eval_every, extra=sel,
+            mixed_precision=cfg.mixed_precision, progress=progress, desc='tune')
+    hist, ev = pd.DataFrame(f.log, columns=['step', 'loss', 't_mean', 'grad_norm']), pd.DataFrame(sel.evals)
+    best = sel.best
     _atomic_write(out/EVALS_NAME, lambda tmp: ev.to_csv(tmp, index=False))
     _atomic_write(out/TCONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=1)))
     save_checkpoint(out/RESULT_NAME, dict(model=best['state'], arch=dit_arch(model), best_step=best['step'],
-                                          best_metric=best['metric'], config=cfg.to_dict(), fingerprint=fp, seconds=seconds, version=1))
+                                          best_metric=best['metric'], config=cfg.to_dict(), fingerprint=fp, seconds=f.seconds, version=1))
+    (out/CKPT_NAME).unlink(missing_ok=True)      # the result is best.pt; the loop's checkpoint was only for resuming
     final = copy.deepcopy(model).cpu(); final.load_state_dict(best['state'])
-    return TuneResult(final.eval(), hist, ev, best['step'], best['metric'], seconds, out)
+    return TuneResult(final.eval(), hist, ev, best['step'], best['metric'], f.seconds, out)
 
 # %% ../nbs/07_tune.ipynb #0b9cae5b
 def load_tuned(folder, device='cpu') -> DiT:

@@ -3,12 +3,13 @@ import math
 import random
 
 import numpy as np
+from rcdiff.metrics import logits_auroc
 import pytest
 import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
-from rcdiff.baselines import (ARCHS, DINO, ClassifierConfig, DINOConfig, _auroc, block_masks, class_weights,
+from rcdiff.baselines import (ARCHS, DINO, ClassifierConfig, DINOConfig, block_masks, class_weights,
                               classifier_from_backbone, dino_optimizer, dino_step, dino_views, features, linear_probe,
                               make_classifier, predict_logits, pretrain_dino, random_resized_crops, train_classifier)
 
@@ -85,7 +86,7 @@ def test_learns_toy_and_returns_best_epoch():
     assert list(res['history'].columns) == ['epoch', 'train_loss', 'valid_loss', 'valid_auroc', 'valid_accuracy']
     assert h.valid_auroc.max() > 0.9 and h.valid_auroc[res['best_epoch']] == h.valid_auroc.max()
     logits = predict_logits(res['model'], xva)                  # the returned weights are the best epoch's
-    assert _auroc(yva, logits) == pytest.approx(h.valid_auroc[res['best_epoch']], abs=1e-12)
+    assert logits_auroc(logits.double().numpy(), np.asarray(yva)) == pytest.approx(h.valid_auroc[res['best_epoch']], abs=1e-12)
     assert F.cross_entropy(logits, yva, weight=class_weights(ytr)).item() == pytest.approx(
         h.valid_loss[res['best_epoch']], rel=1e-5)
     assert (logits.argmax(1) == yva).float().mean().item() == pytest.approx(h.valid_accuracy[res['best_epoch']])

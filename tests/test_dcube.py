@@ -67,3 +67,20 @@ def test_step1_refuses_one_class():
     with pytest.raises(ValueError, match='at least two classes'): train_step1(m, x, torch.zeros(8, dtype=torch.long), Step1Config(steps=1))
     r = train_step1(m, x, torch.arange(8) % 2, Step1Config(steps=2, batch_size=4))
     assert len(r['history']) == 2
+
+
+def test_step1_resumes_exactly(tmp_path):
+    "Step 1 runs in rcdiff's one loop: stopped after 2 of 4 steps and continued, it ends where an uninterrupted run ends."
+    x = torch.randn(8, 1, 16, 16, generator=torch.Generator().manual_seed(0)).clamp(-1, 1); y = torch.arange(8) % 2
+    cfg = Step1Config(steps=4, batch_size=4, ckpt_every=2)
+    def net(): return uvit('uvit-tiny', img_size=16, in_chans=1, num_classes=3, null_class=True, seed=0)
+    once = train_step1(net(), x, y, cfg, out_dir=tmp_path/'once')
+    from rcdiff.train import CKPT_NAME
+    import dataclasses
+    part = train_step1(net(), x, y, dataclasses.replace(cfg, steps=2), out_dir=tmp_path/'split')
+    assert (tmp_path/'split'/CKPT_NAME).exists()
+    with pytest.raises(Exception, match='another run'):
+        train_step1(net(), x, y, dataclasses.replace(cfg, lr=1e-3), out_dir=tmp_path/'split')
+    done = train_step1(net(), x, y, cfg, out_dir=tmp_path/'split')
+    assert all(torch.equal(v, done['model'].state_dict()[k]) for k, v in once['model'].state_dict().items())
+    assert once['history'].equals(done['history']) and len(done['history']) == 4

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from rcdiff.latents import LatentSet
-from rcdiff.train import TrainConfig, build
-from rcdiff.tune import TuneConfig, _batch, denoiser_state, from_pretrained, from_scratch, tune
+from rcdiff.train import CKPT_NAME, TrainConfig, build
+from rcdiff.tune import TuneConfig, _batch, denoiser_state, from_pretrained, from_scratch, tune, valid_loss
 
 SMALL = dict(hidden_size=32, depth=1, num_heads=2, r_dim=8)
 
@@ -106,3 +106,23 @@ def test_representation_labels_start_at_the_mean_r_embedding():
     assert torch.allclose(p.y_embedder.embedding_table.weight[1], e[y == 1].mean(0), atol=1e-6)
     unc = build(TrainConfig(cond='none', **SMALL), (4, 8, 8))[0]
     assert (from_pretrained(unc, 2).y_embedder.embedding_table.weight == 0).all()   # 'auto' = zeros when there was no r
+
+
+def test_interrupted_tuning_continues_exactly(tmp_path):
+    "tune runs in rcdiff's one loop: a run cut after its step-2 checkpoint continues to the same weights, log and evaluations."
+    lat, y = toy(24, 0); vl, vy = toy(12, 1)
+    m = from_scratch(TrainConfig(**SMALL), (4, 8, 8), 2)
+    cfg = TuneConfig(steps=4, lr=1e-3, eval_every=1, ckpt_every=2, batch_size=4)
+    once = tune(m, lat, y, cfg, tmp_path/'once', valid=(vl.mean[0], vy), progress=False)
+    assert not (tmp_path/'once'/CKPT_NAME).exists()              # the result is best.pt; the loop's checkpoint is gone
+    calls = []
+    def stop_after_step_2(model):
+        calls.append(1)
+        if len(calls) == 4: raise KeyboardInterrupt              # evaluations at steps 0, 1, 2, then the crash at 3
+        return -valid_loss(model, vl.mean[0], vy, cfg.valid_samples, cfg.T, cfg.seed)
+    with pytest.raises(KeyboardInterrupt):
+        tune(m, lat, y, cfg, tmp_path/'cut', evaluate=stop_after_step_2, progress=False)
+    assert (tmp_path/'cut'/CKPT_NAME).exists() and not (tmp_path/'cut'/'best.pt').exists()
+    again = tune(m, lat, y, cfg, tmp_path/'cut', valid=(vl.mean[0], vy), progress=False)
+    assert all(torch.equal(v, again.model.state_dict()[k]) for k, v in once.model.state_dict().items())
+    assert once.history.equals(again.history) and once.evals.equals(again.evals) and once.best_step == again.best_step
