@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_latents.ipynb #4bf0d98d
 from __future__ import annotations
-import hashlib, json, os, re
+import hashlib, json, math, os, re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,15 +115,18 @@ class VAETokenizer:
 
 # %% ../nbs/02_latents.ipynb #6eade273
 def patchify(x, p: int) -> torch.Tensor:
-    "(N, C, H, W) -> (N, H/p, W/p, C*p*p): non-overlapping p×p patches, flattened channel-major."
+    """(N, C, H, W) -> (N, H/p, W/p, p·p·C): non-overlapping p×p patches, each flattened row by row, pixel by pixel,
+    channels last — the token layout of DiT's and U-ViT's official code (their `unpatchify` reads it back)."""
     N, C, H, W = x.shape
     if H % p or W % p: raise TokenizerError(f"image size {H}x{W} is not divisible by the patch size {p}")
-    return x.reshape(N, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5).reshape(N, H // p, W // p, C * p * p)
+    return x.reshape(N, C, H // p, p, W // p, p).permute(0, 2, 4, 3, 5, 1).reshape(N, H // p, W // p, p * p * C)
 
 def unpatchify(v, p: int, channels: int) -> torch.Tensor:
-    "Inverse of `patchify`: (N, h, w, C*p*p) -> (N, C, h*p, w*p)."
+    "Inverse of `patchify`: (N, h, w, p·p·C) -> (N, C, h·p, w·p); (N, T, p·p·C) tokens are a square row-major grid."
+    if v.ndim == 3:
+        g = math.isqrt(v.shape[1]); v = v.reshape(len(v), g, g, -1)
     N, h, w, _ = v.shape
-    return v.reshape(N, h, w, channels, p, p).permute(0, 3, 1, 4, 2, 5).reshape(N, channels, h * p, w * p)
+    return v.reshape(N, h, w, p, p, channels).permute(0, 5, 1, 3, 2, 4).reshape(N, channels, h * p, w * p)
 
 # %% ../nbs/02_latents.ipynb #44244a43
 _NORMS = ('global', 'channel', 'none')
@@ -177,7 +180,8 @@ class PCATokenizer:
         return (self.k, H // self.p, W // self.p)
 
     def _tensors(self): return {'mu': self.mu, 'components': self.components, 'scale': self.scale}
-    def _meta(self): return {'kind': 'pca', 'version': str(LATENT_VERSION), 'p': str(self.p), 'channels': str(self.channels), 'norm': self.norm}
+    def _meta(self): return {'kind': 'pca', 'version': str(LATENT_VERSION), 'p': str(self.p), 'channels': str(self.channels), 'norm': self.norm,
+                             'layout': 'pqc'}
 
     def fingerprint(self) -> str:
         h = hashlib.blake2b(digest_size=16)
@@ -200,7 +204,11 @@ class PCATokenizer:
         except Exception as e: raise TokenizerError(f"'{path}' is not a saved PCA tokenizer: {_one_line(e)}") from None
         if meta.get('kind') != 'pca' or not {'mu', 'components', 'scale'} <= set(t):
             raise TokenizerError(f"'{path}' is not a saved PCA tokenizer (kind={meta.get('kind')!r})")
-        return cls(t['mu'], t['components'], t['scale'], int(meta['p']), int(meta['channels']), meta.get('norm', 'global'))
+        p, C = int(meta['p']), int(meta['channels'])
+        if meta.get('layout') != 'pqc' and C > 1:      # written before patches were channels-last: reorder (c, p, q) -> (p, q, c)
+            reorder = lambda a: a.reshape(*a.shape[:-1], C, p, p).movedim(-3, -1).reshape(a.shape)
+            t['mu'], t['components'] = reorder(t['mu']), reorder(t['components'])
+        return cls(t['mu'], t['components'], t['scale'], p, C, meta.get('norm', 'global'))
 
     def __repr__(self): return f"PCATokenizer(p={self.p}, k={self.k}, channels={self.channels}, norm={self.norm!r})"
 

@@ -34,3 +34,19 @@ def png_dataset(tmp_path):
             rows.append(dict(path=name, label=label, patient_id=f'P{p:02d}', split=split))
     pd.DataFrame(rows).to_csv(root/'labels.csv', index=False)
     return root/'labels.csv'
+
+
+def pytest_collection_modifyitems(config, items):
+    "Under pytest-xdist (`--dist loadgroup`), every test that reads the one smoke run shares a worker, so it runs once."
+    for item in items:
+        if 'smoke_run' in getattr(item, 'fixturenames', ()): item.add_marker(pytest.mark.xdist_group('smoke'))
+
+
+def pytest_configure(config):
+    "Each xdist worker gets an equal share of the cores (torch and its kernels' OpenMP), so two workers do not fight."
+    n = os.environ.get('PYTEST_XDIST_WORKER_COUNT')
+    if n:
+        threads = str(max(1, (os.cpu_count() or 1) // int(n)))
+        os.environ['OMP_NUM_THREADS'] = os.environ['MKL_NUM_THREADS'] = threads
+        import torch
+        torch.set_num_threads(int(threads))

@@ -213,3 +213,15 @@ def test_sample_z0():
 
 def test_encode_dataset_rejects_other_inputs():
     with pytest.raises(TypeError, match='Dataset or an'): encode_dataset([1, 2], 'pca')
+
+
+def test_a_tokenizer_written_with_channel_major_patches_reads_back_the_same(tmp_path):
+    "PCA tokenizers saved before patches became channels-last (no 'layout' in their metadata) are reordered on load."
+    from safetensors.torch import save_file
+    x = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    tok, C, p = PCATokenizer.fit(x, p=8, k=4), 3, 8
+    old = lambda a: a.reshape(*a.shape[:-1], p, p, C).movedim(-1, -3).reshape(a.shape).contiguous()   # (p,q,c) -> (c,p,q)
+    meta = {k: v for k, v in tok._meta().items() if k != 'layout'}
+    save_file({'mu': old(tok.mu), 'components': old(tok.components), 'scale': tok.scale}, str(tmp_path/'old.safetensors'), metadata=meta)
+    back = PCATokenizer.load(tmp_path/'old.safetensors')
+    assert torch.equal(back.components, tok.components) and torch.equal(back.encode(x)[0], tok.encode(x)[0])

@@ -71,3 +71,16 @@ def test_readme_stays_a_front_page():
     lines = (ROOT/'README.md').read_text().splitlines()
     assert len(lines) <= 150, f"README.md has {len(lines)} lines; move results and notes into reports/README.md"
     assert (ROOT/'reports'/'README.md').exists()
+
+
+def test_every_library_notebook_has_a_fresh_executed_copy_with_its_figures():
+    "reports/lessons/ holds every library notebook executed by `rcdiff lessons`, cell for cell the notebook it copies."
+    from rcdiff.report import library_notebooks, lesson_is_fresh
+    lessons = ROOT/'reports'/'lessons'
+    stale = [p.stem for p in library_notebooks() if not lesson_is_fresh(p, lessons/p.name)]
+    assert not stale, f"stale or missing executed copies: run `rcdiff lessons --only {' '.join(stale)}`"
+    for p in library_notebooks():
+        cells = json.loads((lessons/p.name).read_text())['cells']
+        draws = any('subplots(' in ''.join(c['source']) or 'plt.' in ''.join(c['source']) for c in cells if c['cell_type'] == 'code')
+        images = sum('image/png' in o.get('data', {}) for c in cells for o in c.get('outputs', []))
+        assert images or not draws, f"{p.name} draws figures but its executed copy holds none"
