@@ -13,10 +13,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import Attention, Mlp, PatchEmbed
 
+from .latents import unpatchify   # rcdiff's one patch layout (02_latents), DiT's own
+
 # %% auto #0
 __all__ = ['CONDS', 'DIT_SIZES', 'DiT_models', 'timestep_embedding', 'TimestepEmbedder', 'LabelEmbedder',
-           'RepresentationEmbedder', 'sincos_1d', 'sincos_2d', 'modulate', 'DiTBlock', 'FinalLayer', 'unpatchify',
-           'DiT', 'count_params', 'to_class_conditioning']
+           'RepresentationEmbedder', 'sincos_1d', 'sincos_2d', 'modulate', 'DiTBlock', 'FinalLayer', 'DiT',
+           'count_params', 'to_class_conditioning']
 
 # %% ../nbs/04_dit.ipynb #09bcaa83
 def timestep_embedding(t:torch.Tensor, dim:int=256, max_period:float=10000.) -> torch.Tensor:
@@ -75,10 +77,6 @@ class RepresentationEmbedder(nn.Module):
 
     def pooled(self, r):
         "The (N, r_dim) vector: r itself, or the attention-pooled tokens."
-        want = 2 if self.r_form == 'pooled' else 3
-        if r.ndim != want or r.shape[-1] != self.r_dim:
-            raise ValueError(f"r_form={self.r_form!r} expects r of shape "
-                             f"{'(N, r_dim)' if want == 2 else '(N, L, r_dim)'} with r_dim={self.r_dim}, got {tuple(r.shape)}")
         if self.r_form == 'pooled': return r
         w = self.pool(r).softmax(dim=1)                              # (N, L, 1)
         return (w * r).sum(1)
@@ -140,14 +138,6 @@ class FinalLayer(nn.Module):
     def forward(self, x, c):
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
         return self.linear(modulate(self.norm_final(x), shift, scale))
-
-def unpatchify(x:torch.Tensor, patch_size:int, channels:int) -> torch.Tensor:
-    "(N, T, p·p·C) tokens of a square row-major grid -> (N, C, H, W) images."
-    n, T, _ = x.shape
-    g, p = int(round(T ** 0.5)), patch_size
-    assert g * g == T, f"{T} tokens do not form a square grid"
-    x = x.reshape(n, g, g, p, p, channels)
-    return torch.einsum('nhwpqc->nchpwq', x).reshape(n, channels, g * p, g * p)
 
 # %% ../nbs/04_dit.ipynb #ff6de74c
 CONDS = ('none', 'class', 'representation')

@@ -15,7 +15,6 @@ __all__ = ['feature_stats', 'frechet_distance', 'manifold_radii', 'precision_rec
 # %% ../nbs/12_genmetrics.ipynb #c55e43f2
 def _features(a, name: str) -> np.ndarray:
     a = np.asarray(a)
-    if a.ndim != 2: raise ValueError(f"{name} must be (n_images, n_features), got shape {a.shape}")
     if len(a) < 2: raise ValueError(f"{name} needs at least 2 images, got {len(a)}")
     if not np.isfinite(a).all(): raise ValueError(f"{name} holds non-finite values")
     return a
@@ -30,9 +29,6 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     "Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), as ADM's `frechet_distance` computes it."
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
-    if mu1.shape != mu2.shape: raise ValueError(f"the means have different lengths: {mu1.shape} vs {mu2.shape}")
-    if sigma1.shape != sigma2.shape or sigma1.shape != (len(mu1), len(mu1)):
-        raise ValueError(f"covariances must both be {len(mu1)}x{len(mu1)}, got {sigma1.shape} and {sigma2.shape}")
     diff = mu1 - mu2
     covmean, _ = linalg.sqrtm(sigma1.dot(sigma2), disp=False)
     if not np.isfinite(covmean).all():
@@ -66,7 +62,6 @@ def precision_recall(ref_feats, sample_feats, k: int = 3, batch_size: int = 1000
     """(precision, recall) of `sample_feats` against `ref_feats` (n, d) with k-NN manifolds, as ADM's
     `ManifoldEstimator.evaluate_pr`: squared distances, `<=`, blocks of `batch_size` rows × columns."""
     ref, smp = _features(ref_feats, 'ref_feats').astype(np.float64), _features(sample_feats, 'sample_feats').astype(np.float64)
-    if ref.shape[1] != smp.shape[1]: raise ValueError(f"ref and sample features differ in width: {ref.shape[1]} vs {smp.shape[1]}")
     r_ref, r_smp = manifold_radii(ref, k, batch_size), manifold_radii(smp, k, batch_size)
     ref_in, smp_in = np.zeros(len(ref), bool), np.zeros(len(smp), bool)
     for i in range(0, len(ref), batch_size):
@@ -95,7 +90,6 @@ def fid_from_features(f1, f2) -> float:
     `frechet_distance(*feature_stats(f1), *feature_stats(f2))`, computed exactly through the nuclear norm of the cross
     matrix of the centred features when either set has fewer images than features."""
     f1, f2 = _features(f1, 'f1').astype(np.float64), _features(f2, 'f2').astype(np.float64)
-    if f1.shape[1] != f2.shape[1]: raise ValueError(f"feature widths differ: {f1.shape[1]} and {f2.shape[1]}")
     n1, n2, d = len(f1), len(f2), f1.shape[1]
     if min(n1, n2) >= d: return frechet_distance(*feature_stats(f1), *feature_stats(f2))
     a1, a2 = f1 - f1.mean(0), f2 - f2.mean(0)

@@ -193,6 +193,104 @@ def _resize(a, size, resample):
 
 def _angdiff(a, b): return (a - b + np.pi) % (2 * np.pi) - np.pi
 
+# %% ../nbs/00_phantom.ipynb #b608072e-a
+def _slice_grid(head, z, unit, n):
+    "The head frame on the n×n pixel grid: (AffineGrid, Xn, Yn brain-normalised, X, Y head units, v image row)."
+    c = (np.arange(n) + .5) / n * 2 - 1                              # pixel centres, image in [-1, 1]^2
+    cr, sr = np.cos(head['rot']), np.sin(head['rot'])
+    sx, sy = head['shift']
+    B = float(level_scale(z)) * (1 - head['scalp'] - head['skull'])  # brain scale: Xn, Yn ~ [-.85, .85] x [-1, 1]
+    # head frame (anterior up, rotated and shifted in the scanner), in brain-normalised units
+    grid = AffineGrid(c, cr / unit / B, -sr / unit / B, (-cr * sx + sr * sy) / unit / B,
+                      -sr / unit / B, -cr / unit / B, (sr * sx + cr * sy) / unit / B)
+    Xn, Yn = grid.XY
+    X, Y = Xn * np.float32(B), Yn * np.float32(B)
+    v = np.broadcast_to(c[:, None].astype(np.float32), (n, n))       # image row coordinate (down = dependent)
+    return grid, Xn, Yn, X, Y, v
+
+# %% ../nbs/00_phantom.ipynb #b608072e-b
+def _paint_scalp_skull(hu, head, r, r_sk, r_in, head_m, icran, fld):
+    "Scalp (outside `r_sk`) and skull (between `r_sk` and `r_in`) into `hu`; return their masks."
+    scalp = head_m & (r >= r_sk)
+    skull = (r < r_sk) & ~icran
+    hu[scalp] = np.clip(head['scalp_hu'] + 4 * fld(.1), *TISSUES['scalp'])[scalp]
+    q = (r_sk - r) / (r_sk - r_in)                                    # 0 outer .. 1 inner table
+    bone = np.where((q < .28) | (q > .72), head['cortical'], head['diploe']) + 90 * fld(.08)
+    hu[skull] = np.clip(bone, *TISSUES['skull'])[skull]
+    return scalp, skull
+
+def _paint_brain(hu, head, z, Xn, Yn, rho, th, icran, fld):
+    "Grey and white matter, then CSF, inside the cranium `icran`; return (CSF mask, ventricle width factor)."
+    # brain: cortical ribbon of grey matter over white matter, deep grey nuclei at mid-low levels
+    grey = rho > .8 - .04 * head['atrophy'] + .05 * fld(.08)
+    pv = max(0., 1 - abs(z - .42) / .14)
+    if pv > 0:
+        for s in (-1, 1): grey |= _ellipse(Xn, Yn, s * .2, .04, .1 * pv ** .5 + 1e-3, .15 * pv ** .5 + 1e-3, s * .3) < 1
+    tex = 1.6 * fld(.05)
+    brain = np.where(grey, np.clip(head['grey'] + tex, *TISSUES['grey_matter']),
+                     np.clip(head['white'] + tex, *TISSUES['white_matter']))
+    # CSF: subarachnoid rim, sulci, interhemispheric fissure, ventricles
+    atr = head['atrophy']
+    csf = rho > 1 - (.012 + .035 * atr) * (1 + z)
+    w = .05 + .12 * atr + .12 * max(0., z - .6)
+    csf |= (np.cos(head['sulci'] * th + 3.5 * fld(.2) + 6 * rho) > 1 - w) & (rho > .8 - .08 * atr - .1 * max(0., z - .6))
+    csf |= (np.abs(Xn) < .012 + .02 * atr) & ((np.abs(Yn) > .35) | (z > .65)) & (z > .2)
+    vw, pl = 1 + 1.2 * atr, max(0., 1 - ((z - .55) / .17) ** 2)
+    if pl > 0:                                                       # lateral ventricles
+        for s, k in ((-1, head['vent_asym']), (1, 1.)):
+            csf |= _ellipse(Xn, Yn, s * .1 * vw, .22, .055 * vw * k * pl ** .5, .16 * pl ** .5, -s * .35) < 1
+            csf |= _ellipse(Xn, Yn, s * .14 * vw, -.1, .045 * vw * k * pl ** .5, .3 * pl ** .5, s * .15) < 1
+    if .3 < z < .47: csf |= (np.abs(Xn) < .012 * vw) & (np.abs(Yn) < .12)      # third ventricle
+    if .08 < z < .25: csf |= _ellipse(Xn, Yn, 0, -.4, .06, .04) < 1           # fourth ventricle
+    if .22 < z < .36:                                                         # temporal horns
+        for s in (-1, 1): csf |= _ellipse(Xn, Yn, s * .5, .0, .025 * vw, .09, s * .4) < 1
+    brain = np.where(csf, np.clip(head['csf'] + 2 * fld(.1), *TISSUES['csf']), brain)
+    hu[icran] = brain[icran]
+    return csf, vw
+
+# %% ../nbs/00_phantom.ipynb #b608072e-c
+def _paint_skull_base(hu, head, z, Xn, Yn, icran, fld):
+    "Skull-base bone (and sinus air) inside the cranium at low levels; return (bone mask, base weight `pb`)."
+    # skull base: petrous ridges, sphenoid, orbital roofs (and sinus air) inside the cranial outline
+    base = np.zeros_like(icran)
+    pb = max(0., 1 - z / .3)
+    if pb > 0:
+        for s in (-1, 1):
+            base |= _segment_dist(Xn, Yn, (s * .75, -.32), (s * .14, -.02)) < .03 + .05 * pb
+            base |= _ellipse(Xn, Yn, s * .28, .66, .2 * pb + .01, .12 * pb + .01, s * .2) < 1
+        base |= _ellipse(Xn, Yn, 0, .08, .1 * pb + .01, .09 * pb + .01) < 1
+        base &= icran
+        hu[base] = np.clip(head['base_bone'] + 120 * fld(.06), *TISSUES['skull'])[base]
+        if z < .12:
+            sinus = (_ellipse(Xn, Yn, 0, .72, .12, .08) < 1) & icran
+            hu[sinus], base = -1000., base & ~sinus
+    return base, pb
+
+def _paint_mimic(hu, mimic, rng, Xn, Yn, soft, vw, fld):
+    "A hyperdense mimic of kind `mimic` on the soft tissue `soft` (hard negatives when there is no hematoma); its mask."
+    mim = np.zeros_like(soft)
+    if mimic == 'calcification':
+        kind = rng.choice(['pineal', 'choroid', 'falx'])
+        if kind == 'pineal': mim = _ellipse(Xn, Yn, 0, -.1 + rng.uniform(-.03, .03), *rng.uniform(.02, .04, 2)) < 1
+        elif kind == 'choroid':
+            for s in (-1, 1): mim |= _ellipse(Xn, Yn, s * .17 * vw, -.3, *rng.uniform(.018, .035, 2)) < 1
+        else:
+            y0 = rng.uniform(-.6, .4)
+            mim = (np.abs(Xn) < rng.uniform(.008, .016)) & (Yn > y0) & (Yn < y0 + rng.uniform(.05, .15))
+        val = rng.uniform(*TISSUES['calcification'])
+        mim &= soft
+        hu[mim] = np.clip(val + 40 * fld(.02), *TISSUES['calcification'])[mim]
+    elif mimic == 'partial_volume':
+        for _ in range(int(rng.integers(1, 4))):
+            a = rng.choice([np.pi / 2, np.pi / 3, 2 * np.pi / 3, 0, np.pi]) + rng.normal(0, .25)
+            cx, cy = .8 * .85 * np.cos(a), .82 * np.sin(a)
+            mim |= _ellipse(Xn, Yn, cx, cy, rng.uniform(.08, .18), rng.uniform(.025, .05), a + np.pi / 2) < 1
+        mim &= soft
+        val = rng.uniform(*TISSUES['partial_volume']) + 60 * fld(.04)
+        hu[mim] = np.clip(val, *TISSUES['partial_volume'])[mim]
+    return mim
+
+# %% ../nbs/00_phantom.ipynb #b608072e-d
 def _hematoma_phi(h, Xn, Yn, rho, th, scale):
     "Signed 'inside' function of the hematoma (> 0 inside), roughly in units of the lesion's own size."
     if h['kind'] == 'intraparenchymal':
@@ -236,6 +334,19 @@ def _draw_hematoma(h, hu, icran, grid, Xn, Yn, rho, th, v, scale):
     hu[m] = d[m]
     return m, hypo
 
+# %% ../nbs/00_phantom.ipynb #b608072e-e
+def _scan(hu, f, rng, X, Y, head_m, pb):
+    "Facility `f` at the native matrix: calibration offset, streaks (stronger by the skull base weight `pb`), blur, noise."
+    hu += f.offset
+    amp = f.streak * (1 + 2 * pb)
+    for _ in range(int(rng.integers(2, 6))):
+        a, d0 = rng.uniform(0, np.pi), rng.normal(0, .1)
+        dist = np.abs(np.cos(a) * (X - 0) + np.sin(a) * (Y + .3) - d0)
+        hu += np.where(head_m, rng.choice([-1, 1]) * amp * np.exp(-(dist / .012) ** 2), 0).astype(np.float32)
+    if f.blur > 0: hu = ndimage.gaussian_filter(hu, f.blur, mode='nearest')
+    hu += rng.normal(0, f.noise, hu.shape).astype(np.float32)
+    return hu
+
 def render_slice(rng=None, size:int=256, level:float|None=None, head:dict|None=None, hematoma:dict|None=None,
                  scale:float=1., mimic:str='none', facility:Facility|None=None, render:int|None=None, masks:bool=True):
     """One axial head-CT slice in HU, `size`x`size` float32, and a `meta` dict (tissue masks when `masks`).
@@ -250,101 +361,23 @@ def render_slice(rng=None, size:int=256, level:float|None=None, head:dict|None=N
     f = facility
     n = size if f is None else max(size, int(round((render or size) * f.matrix)))
     unit = (.8 if f is None else f.fov) * head['size']
-    c = (np.arange(n) + .5) / n * 2 - 1                              # pixel centres, image in [-1, 1]^2
-    cr, sr = np.cos(head['rot']), np.sin(head['rot'])
-    sx, sy = head['shift']
-    B = float(level_scale(z)) * (1 - head['scalp'] - head['skull'])  # brain scale: Xn, Yn ~ [-.85, .85] x [-1, 1]
-    # head frame (anterior up, rotated and shifted in the scanner), in brain-normalised units
-    grid = AffineGrid(c, cr / unit / B, -sr / unit / B, (-cr * sx + sr * sy) / unit / B,
-                      -sr / unit / B, -cr / unit / B, (sr * sx + cr * sy) / unit / B)
-    Xn, Yn = grid.XY
-    X, Y = Xn * np.float32(B), Yn * np.float32(B)
-    v = np.broadcast_to(c[:, None].astype(np.float32), (n, n))       # image row coordinate (down = dependent)
+    grid, Xn, Yn, X, Y, v = _slice_grid(head, z, unit, n)
     r, th = np.hypot(X, Y), np.arctan2(Y, X)
     r_out, r_sk, r_in = head_radii(head, z, th)
     rho = r / r_in
     fld = lambda s: grid.field(rng, s)
     hu = np.full((n, n), -1000., np.float32)
     head_m, icran = r < r_out, r < r_in
-    scalp = head_m & (r >= r_sk)
-    skull = (r < r_sk) & ~icran
-    hu[scalp] = np.clip(head['scalp_hu'] + 4 * fld(.1), *TISSUES['scalp'])[scalp]
-    q = (r_sk - r) / (r_sk - r_in)                                    # 0 outer .. 1 inner table
-    bone = np.where((q < .28) | (q > .72), head['cortical'], head['diploe']) + 90 * fld(.08)
-    hu[skull] = np.clip(bone, *TISSUES['skull'])[skull]
-    # brain: cortical ribbon of grey matter over white matter, deep grey nuclei at mid-low levels
-    grey = rho > .8 - .04 * head['atrophy'] + .05 * fld(.08)
-    pv = max(0., 1 - abs(z - .42) / .14)
-    if pv > 0:
-        for s in (-1, 1): grey |= _ellipse(Xn, Yn, s * .2, .04, .1 * pv ** .5 + 1e-3, .15 * pv ** .5 + 1e-3, s * .3) < 1
-    tex = 1.6 * fld(.05)
-    brain = np.where(grey, np.clip(head['grey'] + tex, *TISSUES['grey_matter']),
-                     np.clip(head['white'] + tex, *TISSUES['white_matter']))
-    # CSF: subarachnoid rim, sulci, interhemispheric fissure, ventricles
-    atr = head['atrophy']
-    csf = rho > 1 - (.012 + .035 * atr) * (1 + z)
-    w = .05 + .12 * atr + .12 * max(0., z - .6)
-    csf |= (np.cos(head['sulci'] * th + 3.5 * fld(.2) + 6 * rho) > 1 - w) & (rho > .8 - .08 * atr - .1 * max(0., z - .6))
-    csf |= (np.abs(Xn) < .012 + .02 * atr) & ((np.abs(Yn) > .35) | (z > .65)) & (z > .2)
-    vw, pl = 1 + 1.2 * atr, max(0., 1 - ((z - .55) / .17) ** 2)
-    if pl > 0:                                                       # lateral ventricles
-        for s, k in ((-1, head['vent_asym']), (1, 1.)):
-            csf |= _ellipse(Xn, Yn, s * .1 * vw, .22, .055 * vw * k * pl ** .5, .16 * pl ** .5, -s * .35) < 1
-            csf |= _ellipse(Xn, Yn, s * .14 * vw, -.1, .045 * vw * k * pl ** .5, .3 * pl ** .5, s * .15) < 1
-    if .3 < z < .47: csf |= (np.abs(Xn) < .012 * vw) & (np.abs(Yn) < .12)      # third ventricle
-    if .08 < z < .25: csf |= _ellipse(Xn, Yn, 0, -.4, .06, .04) < 1           # fourth ventricle
-    if .22 < z < .36:                                                         # temporal horns
-        for s in (-1, 1): csf |= _ellipse(Xn, Yn, s * .5, .0, .025 * vw, .09, s * .4) < 1
-    brain = np.where(csf, np.clip(head['csf'] + 2 * fld(.1), *TISSUES['csf']), brain)
-    hu[icran] = brain[icran]
-    # skull base: petrous ridges, sphenoid, orbital roofs (and sinus air) inside the cranial outline
-    base = np.zeros_like(icran)
-    pb = max(0., 1 - z / .3)
-    if pb > 0:
-        for s in (-1, 1):
-            base |= _segment_dist(Xn, Yn, (s * .75, -.32), (s * .14, -.02)) < .03 + .05 * pb
-            base |= _ellipse(Xn, Yn, s * .28, .66, .2 * pb + .01, .12 * pb + .01, s * .2) < 1
-        base |= _ellipse(Xn, Yn, 0, .08, .1 * pb + .01, .09 * pb + .01) < 1
-        base &= icran
-        hu[base] = np.clip(head['base_bone'] + 120 * fld(.06), *TISSUES['skull'])[base]
-        if z < .12:
-            sinus = (_ellipse(Xn, Yn, 0, .72, .12, .08) < 1) & icran
-            hu[sinus], base = -1000., base & ~sinus
+    scalp, skull = _paint_scalp_skull(hu, head, r, r_sk, r_in, head_m, icran, fld)
+    csf, vw = _paint_brain(hu, head, z, Xn, Yn, rho, th, icran, fld)
+    base, pb = _paint_skull_base(hu, head, z, Xn, Yn, icran, fld)
     soft = icran & ~base & (hu > -1000)
-    # mimics (hard negatives when there is no hematoma)
-    mim = np.zeros_like(icran)
-    if mimic == 'calcification':
-        kind = rng.choice(['pineal', 'choroid', 'falx'])
-        if kind == 'pineal': mim = _ellipse(Xn, Yn, 0, -.1 + rng.uniform(-.03, .03), *rng.uniform(.02, .04, 2)) < 1
-        elif kind == 'choroid':
-            for s in (-1, 1): mim |= _ellipse(Xn, Yn, s * .17 * vw, -.3, *rng.uniform(.018, .035, 2)) < 1
-        else:
-            y0 = rng.uniform(-.6, .4)
-            mim = (np.abs(Xn) < rng.uniform(.008, .016)) & (Yn > y0) & (Yn < y0 + rng.uniform(.05, .15))
-        val = rng.uniform(*TISSUES['calcification'])
-        mim &= soft
-        hu[mim] = np.clip(val + 40 * fld(.02), *TISSUES['calcification'])[mim]
-    elif mimic == 'partial_volume':
-        for _ in range(int(rng.integers(1, 4))):
-            a = rng.choice([np.pi / 2, np.pi / 3, 2 * np.pi / 3, 0, np.pi]) + rng.normal(0, .25)
-            cx, cy = .8 * .85 * np.cos(a), .82 * np.sin(a)
-            mim |= _ellipse(Xn, Yn, cx, cy, rng.uniform(.08, .18), rng.uniform(.025, .05), a + np.pi / 2) < 1
-        mim &= soft
-        val = rng.uniform(*TISSUES['partial_volume']) + 60 * fld(.04)
-        hu[mim] = np.clip(val, *TISSUES['partial_volume'])[mim]
+    mim = _paint_mimic(hu, mimic, rng, Xn, Yn, soft, vw, fld)
     hem = hypo = np.zeros_like(icran)
     if hematoma is not None:
         hem, hypo = _draw_hematoma(hematoma, hu, soft & ~mim, grid, Xn, Yn, rho, th, v, scale)
     # the facility: calibration offset, streaks, reconstruction blur, noise, then resampling to the common size
-    if f is not None:
-        hu += f.offset
-        amp = f.streak * (1 + 2 * pb)
-        for _ in range(int(rng.integers(2, 6))):
-            a, d0 = rng.uniform(0, np.pi), rng.normal(0, .1)
-            dist = np.abs(np.cos(a) * (X - 0) + np.sin(a) * (Y + .3) - d0)
-            hu += np.where(head_m, rng.choice([-1, 1]) * amp * np.exp(-(dist / .012) ** 2), 0).astype(np.float32)
-        if f.blur > 0: hu = ndimage.gaussian_filter(hu, f.blur, mode='nearest')
-        hu += rng.normal(0, f.noise, hu.shape).astype(np.float32)
+    if f is not None: hu = _scan(hu, f, rng, X, Y, head_m, pb)
     hu = _resize(hu.astype(np.float32), size, Image.BILINEAR)
     meta = dict(level=z, hematoma_type='none' if hematoma is None else hematoma['kind'], hard_negative=mimic,
                 native=n, facility=None if f is None else f.fid,

@@ -304,8 +304,10 @@ def _execute_lesson(src, dest):
     with working_directory(Path(src).parent): k.run_all(nb, exc_stop=True, preproc=_skip_cell)
     atomic_write(dest, lambda tmp: write_nb(nb, tmp))
 
-def run_lessons(out=None, only=None, log=print) -> Path:
-    "Execute the library notebooks (all, or those named in `only`) into `out` (default `reports/lessons`); a failure stops."
+def run_lessons(out=None, only=None, log=print, jobs: int | None = None) -> Path:
+    """Execute the library notebooks (all, or those named in `only`) into `out` (default `reports/lessons`), each in a
+    fresh process, `jobs` at a time (default: one per core, at most 4); a failure stops the rest."""
+    from concurrent.futures import ThreadPoolExecutor
     nbs = library_notebooks()
     if only:
         names = {p.stem: p for p in nbs}
@@ -315,12 +317,19 @@ def run_lessons(out=None, only=None, log=print) -> Path:
     out = Path(out) if out else repo_root()/'reports'/'lessons'
     out.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != 'MPLBACKEND'}   # a leaked backend would drop the figures
-    for i, p in enumerate(nbs, 1):
+    def one(p):
         t = time.time()
         r = subprocess.run([sys.executable, '-c', f"from rcdiff.report import _execute_lesson; _execute_lesson({str(p)!r}, "
                             f"{str(out/p.name)!r})"], cwd=p.parent, env=env, capture_output=True, text=True)
         if r.returncode: raise RunError(f"lesson {p.name} failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
-        log(f"[{i}/{len(nbs)}] {p.name} in {time.time() - t:.0f} s")
+        log(f"{p.name} in {time.time() - t:.0f} s")
+    with ThreadPoolExecutor(jobs or min(4, os.cpu_count() or 1)) as pool:
+        futures = [pool.submit(one, p) for p in nbs]
+        try:
+            for f in futures: f.result()                              # the first failure is raised here ...
+        except BaseException:
+            for f in futures: f.cancel()                              # ... and the lessons not yet started are dropped
+            raise
     return out
 
 def lesson_is_fresh(nb_path, lesson_path) -> bool:

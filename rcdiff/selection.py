@@ -19,15 +19,12 @@ __all__ = ['KS_METHODS', 'standardised_sample', 'ks_gaussianity', 'gaussianity_t
 # %% ../nbs/15_selection.ipynb #bb5cffa8
 def _flat(values) -> torch.Tensor:
     v = values.detach() if torch.is_tensor(values) else torch.as_tensor(np.asarray(values, dtype=np.float64))
-    if v.is_complex() or v.dtype == torch.bool: raise ValueError(f"feature values must be real numbers, got dtype {v.dtype}")
     return v.reshape(-1)
 
 def standardised_sample(values, n_values: int = 256, seed: int = 0) -> np.ndarray:
     """`n_values` of `values` (any shape) drawn without replacement at random positions (numpy `default_rng(seed)`),
     as float64, standardised by their own mean and std (ddof=1): the sample the Gaussianity test sees."""
     v = _flat(values)
-    if v.numel() == 0: raise ValueError("the feature map is empty: no values to test")
-    if isinstance(n_values, bool) or int(n_values) != n_values: raise ValueError(f"n_values must be an integer, got {n_values!r}")
     n_values = int(n_values)
     if n_values < 8: raise ValueError(f"n_values must be at least 8 for a meaningful KS test, got {n_values}")
     if n_values > v.numel(): raise ValueError(f"n_values = {n_values} is larger than the {v.numel()} values available")
@@ -85,11 +82,6 @@ def gaussianity_table(features: dict, alpha: float = 0.05, n_values: int = 256, 
     return table
 
 # %% ../nbs/15_selection.ipynb #d4d5db37
-def _check_table(table: pd.DataFrame):
-    missing = {'block', 'statistic', 'pvalue', 'gaussian', 'kept'} - set(table.columns)
-    if missing: raise ValueError(f"not a gaussianity_table: missing columns {sorted(missing)}")
-    if len(table) == 0: raise ValueError("the gaussianity table is empty")
-
 def _fallback(table: pd.DataFrame, k: int, most_gaussian: bool, what: str) -> list[str]:
     if not 1 <= k <= len(table): raise ValueError(f"fallback must lie in [1, {len(table)}], got {k}")
     order = table.sort_values(['pvalue', 'statistic'], ascending=[not most_gaussian, most_gaussian], kind='stable')
@@ -100,13 +92,11 @@ def _fallback(table: pd.DataFrame, k: int, most_gaussian: bool, what: str) -> li
 
 def selected_blocks(table: pd.DataFrame, fallback: int = 1) -> list[str]:
     "The kept (non-Gaussian) blocks in network order: the paper's best selection; if none, the `fallback` smallest-p blocks (warns)."
-    _check_table(table)
     kept = table.block[table.kept].tolist()
     return kept if kept else _fallback(table, fallback, False, 'kept (non-Gaussian)')
 
 def worst_blocks(table: pd.DataFrame, fallback: int = 1) -> list[str]:
     "The Gaussian (dropped) blocks in network order: Table VI's worst selection; if none, the `fallback` largest-p blocks (warns)."
-    _check_table(table)
     gauss = table.block[table.gaussian].tolist()
     return gauss if gauss else _fallback(table, fallback, True, 'Gaussian')
 
@@ -114,7 +104,6 @@ def worst_blocks(table: pd.DataFrame, fallback: int = 1) -> list[str]:
 def plot_gaussianity(table: pd.DataFrame, ax=None, alpha: float | None = None, title: str | None = None):
     "Fig. 2 of the D-Cube paper: KS statistic (bars) and log p-value (markers: ★ kept, ✕ dropped) per block, with the α line. Returns the axes."
     import matplotlib.pyplot as plt
-    _check_table(table)
     alpha = table.attrs.get('alpha', 0.05) if alpha is None else alpha
     if ax is None: _, ax = plt.subplots(figsize=(max(4., 0.45 * len(table) + 1.5), 3.))
     x = np.arange(len(table))
@@ -141,9 +130,6 @@ def block_features(features: dict, names, size: tuple[int, int] | None = None, m
     missing = [n for n in names if n not in features]
     if missing: raise ValueError(f"unknown blocks {missing}; features has {list(features)}")
     maps = [features[n] for n in names]
-    for n, m in zip(names, maps):
-        if m.ndim != 4: raise ValueError(f"block {n!r} must be (N, D, h, w), got shape {tuple(m.shape)}")
-    if len({m.shape[0] for m in maps}) > 1: raise ValueError(f"blocks hold different numbers of images: {[m.shape[0] for m in maps]}")
     size = tuple(size) if size is not None else (max(m.shape[2] for m in maps), max(m.shape[3] for m in maps))
     kw = dict(align_corners=False) if mode in ('bilinear', 'bicubic') else {}
     maps = [m if tuple(m.shape[2:]) == size else F.interpolate(m, size=size, mode=mode, **kw) for m in maps]

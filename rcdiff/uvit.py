@@ -13,10 +13,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
+from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['UVIT_CONFIGS', 'UVIT_SOURCES', 'timestep_embedding', 'patchify', 'unpatchify', 'Attention', 'Mlp', 'Block',
-           'PatchEmbed', 'trunc_normal_', 'UViT', 'uvit', 'count_params']
+__all__ = ['UVIT_CONFIGS', 'UVIT_SOURCES', 'timestep_embedding', 'Attention', 'Mlp', 'Block', 'PatchEmbed', 'trunc_normal_',
+           'UViT', 'uvit', 'count_params']
 
 # %% ../nbs/13_uvit.ipynb #10cbe49f
 def timestep_embedding(timesteps:torch.Tensor, dim:int, max_period:float=10000.) -> torch.Tensor:
@@ -28,19 +29,7 @@ def timestep_embedding(timesteps:torch.Tensor, dim:int, max_period:float=10000.)
     return torch.cat([out, torch.zeros_like(out[:, :1])], dim=-1) if dim % 2 else out
 
 # %% ../nbs/13_uvit.ipynb #86c2fc74
-def patchify(imgs:torch.Tensor, patch_size:int) -> torch.Tensor:
-    "(N, C, H, W) -> (N, (H/p)·(W/p), p·p·C): the row-major grid of p×p patches, each flattened as (p, p, C)."
-    n, c, h, w = imgs.shape
-    p = patch_size
-    return imgs.reshape(n, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(n, (h // p) * (w // p), p * p * c)
-
-def unpatchify(x:torch.Tensor, channels:int=3) -> torch.Tensor:
-    "(N, g·g, p·p·C) tokens of a square row-major grid -> (N, C, g·p, g·p) images; the inverse of `patchify`."
-    n, T, d = x.shape
-    g, p = math.isqrt(T), math.isqrt(d // channels)
-    if g * g != T or p * p * channels != d:
-        raise ValueError(f"cannot unpatchify {T} tokens of width {d} into a square image with {channels} channels")
-    return x.reshape(n, g, g, p, p, channels).permute(0, 5, 1, 3, 2, 4).reshape(n, channels, g * p, g * p)
+from .latents import patchify, unpatchify   # rcdiff's one patch layout (02_latents), U-ViT's own
 
 # %% ../nbs/13_uvit.ipynb #3fea080e
 class Attention(nn.Module):
@@ -109,6 +98,7 @@ def _init_weights(m:nn.Module):
     elif isinstance(m, nn.LayerNorm):
         nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
 
+# %% ../nbs/13_uvit.ipynb #6f21c70e-a
 def _check_positive(**kw):
     for k, v in kw.items():
         if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v <= 0:
@@ -151,113 +141,122 @@ class UViT(nn.Module):
 
     def no_weight_decay(self): return {'pos_embed'}
 
-    # ------------------------------------------------------------ names of the blocks
-    @property
-    def block_names(self) -> tuple:
-        "Names of the blocks in the order they run: 'in_blocks.0', ..., 'mid_block', 'out_blocks.0', ..."
-        k = len(self.in_blocks)
-        return tuple([f'in_blocks.{i}' for i in range(k)] + ['mid_block'] + [f'out_blocks.{i}' for i in range(k)])
-
-    def block_index(self, name_or_index) -> int:
-        "Position (0-based) of a block given by name or by index (negative counts from the end)."
-        names, n = self.block_names, len(self.block_names)
-        if isinstance(name_or_index, int) and not isinstance(name_or_index, bool) and -n <= name_or_index < n:
-            return name_or_index % n
-        if isinstance(name_or_index, str) and name_or_index in names: return names.index(name_or_index)
-        k = len(self.in_blocks)
-        valid = (f"'in_blocks.0'..'in_blocks.{k - 1}', " if k else '') + "'mid_block'" + (f", 'out_blocks.0'..'out_blocks.{k - 1}'" if k else '')
-        raise ValueError(f"no block {name_or_index!r}: this U-ViT has {n} blocks, indices 0..{n - 1} (or -{n}..-1), names {valid}")
-
-    # ------------------------------------------------------------ inputs
-    def _check_x(self, x):
-        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"x must be (N, {self.in_chans}, {self.img_size}, {self.img_size}), got "
-                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-        h, w = x.shape[-2:]
-        if h % self.patch_size or w % self.patch_size:
-            raise ValueError(f"image size {h}x{w} is not divisible by patch_size {self.patch_size}")
-        if (h, w) != (self.img_size, self.img_size):
-            raise ValueError(f"this U-ViT was built for {self.img_size}x{self.img_size} images "
-                             f"({self.grid ** 2} patch positions in pos_embed), got {h}x{w}")
-
-    def _timesteps(self, timesteps, n, device):
-        t = torch.as_tensor(timesteps, device=device)
-        if t.ndim == 0: t = t.expand(n)
-        if t.shape != (n,): raise ValueError(f"timesteps must be a scalar or of shape ({n},), got {tuple(t.shape)}")
-        return t
-
-    def label_token(self, y:torch.Tensor, n:int|None=None) -> torch.Tensor:
-        "(N, D) label embedding of integer labels y (N,) or of class probabilities y (N, K): y @ label_emb.weight[:K]."
-        if self.num_classes <= 0:
-            raise ValueError(f"this U-ViT is unconditional (num_classes={self.num_classes}): y must be None")
-        if not isinstance(y, torch.Tensor): raise ValueError(f"y must be a tensor, got {type(y).__name__}")
-        n = len(y) if n is None else n
-        if y.dtype.is_floating_point:
-            widths = sorted({self.num_classes - self.null_class, self.num_classes})
-            if y.ndim != 2 or y.shape[0] != n or y.shape[1] not in widths:
-                raise ValueError(f"soft y must be (N, K) = ({n}, {' or '.join(map(str, widths))}) class probabilities, got {tuple(y.shape)}")
-            w = self.label_emb.weight[:y.shape[1]]
-            return y.to(w.dtype) @ w
-        if y.dtype == torch.bool or y.is_complex():
-            raise ValueError(f"y must hold integer labels or float probabilities, got dtype {y.dtype}")
-        if y.shape != (n,): raise ValueError(f"integer y must have shape ({n},), got {tuple(y.shape)}")
-        if n and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
-            raise ValueError(f"labels y must lie in [0, {self.num_classes - 1}], got values in [{int(y.min())}, {int(y.max())}]")
-        return self.label_emb(y.long())
-
-    def _embed(self, x, timesteps, y):
-        "Check the inputs; (N, extras + L, D) tokens [label, time, patches] + pos_embed."
-        self._check_x(x)
-        n = x.shape[0]
-        if y is None and self.num_classes > 0:
-            raise ValueError(f"this U-ViT is class-conditional (num_classes={self.num_classes}): pass y "
-                             f"(labels (N,) or probabilities (N, K))" + (f"; y = {self.num_classes - 1} is the null class" if self.null_class else ''))
-        label = None if y is None else self.label_token(y, n)
-        t = self._timesteps(timesteps, n, x.device)
-        h = self.patch_embed(x)
-        time = self.time_embed(timestep_embedding(t, self.embed_dim))
-        tokens = [time.unsqueeze(1), h] if label is None else [label.unsqueeze(1), time.unsqueeze(1), h]
-        return torch.cat(tokens, dim=1) + self.pos_embed
-
-    # ------------------------------------------------------------ the pass
-    def _trunk(self, h):
-        "Yield (name, tokens) after every block, in order; the out-blocks take the mirror in-block's output as skip."
-        skips = []
-        for i, blk in enumerate(self.in_blocks):
-            h = blk(h); skips.append(h); yield f'in_blocks.{i}', h
-        h = self.mid_block(h); yield 'mid_block', h
-        for i, blk in enumerate(self.out_blocks):
-            h = blk(h, skips.pop()); yield f'out_blocks.{i}', h
-
-    def _decode(self, h):
-        "Final norm, per-token linear to p·p·C, drop the extra tokens, unpatchify, 3x3 conv."
-        h = self.decoder_pred(self.norm(h))[:, self.extras:, :]
-        return self.final_layer(unpatchify(h, self.in_chans))
-
-    def token_map(self, h:torch.Tensor) -> torch.Tensor:
-        "(N, extras + L, D) tokens -> (N, D, g, g) spatial map of the patch tokens (time and label tokens dropped)."
-        return h[:, self.extras:, :].transpose(1, 2).reshape(h.shape[0], self.embed_dim, self.grid, self.grid)
-
     def forward(self, x:torch.Tensor, timesteps, y:torch.Tensor|None=None) -> torch.Tensor:
         "ε̂ = ε_θ(x, t, y): (N, in_chans, H, W), the shape of x."
         h = self._embed(x, timesteps, y)
         for _, h in self._trunk(h): pass
         return self._decode(h)
 
-    def features(self, x:torch.Tensor, timesteps, y:torch.Tensor|None=None, names=None) -> dict:
-        "One pass: {block name: (N, D, g, g) patch-token map} for every block (or those in `names`), and 'out' = forward(x, t, y)."
-        if names is None: want = list(self.block_names) + ['out']
-        else:
-            if isinstance(names, (str, int)): names = [names]
-            want = list(dict.fromkeys('out' if n == 'out' else self.block_names[self.block_index(n)] for n in names))
-            if not want: raise ValueError("names is empty: name at least one block or 'out'")
-        last = max((self.block_index(n) for n in want if n != 'out'), default=-1)
-        out, h = {}, self._embed(x, timesteps, y)
-        for i, (name, h) in enumerate(self._trunk(h)):
-            if name in want: out[name] = self.token_map(h)
-            if i == last and 'out' not in want: break
-        if 'out' in want: out['out'] = self._decode(h)
-        return {n: out[n] for n in want}
+# %% ../nbs/13_uvit.ipynb #6f21c70e-b
+@patch(as_prop=True)
+def block_names(self: UViT) -> tuple:
+    "Names of the blocks in the order they run: 'in_blocks.0', ..., 'mid_block', 'out_blocks.0', ..."
+    k = len(self.in_blocks)
+    return tuple([f'in_blocks.{i}' for i in range(k)] + ['mid_block'] + [f'out_blocks.{i}' for i in range(k)])
+
+@patch
+def block_index(self: UViT, name_or_index) -> int:
+    "Position (0-based) of a block given by name or by index (negative counts from the end)."
+    names, n = self.block_names, len(self.block_names)
+    if isinstance(name_or_index, int) and not isinstance(name_or_index, bool) and -n <= name_or_index < n:
+        return name_or_index % n
+    if isinstance(name_or_index, str) and name_or_index in names: return names.index(name_or_index)
+    k = len(self.in_blocks)
+    valid = (f"'in_blocks.0'..'in_blocks.{k - 1}', " if k else '') + "'mid_block'" + (f", 'out_blocks.0'..'out_blocks.{k - 1}'" if k else '')
+    raise ValueError(f"no block {name_or_index!r}: this U-ViT has {n} blocks, indices 0..{n - 1} (or -{n}..-1), names {valid}")
+
+# %% ../nbs/13_uvit.ipynb #6f21c70e-c
+@patch
+def _check_x(self: UViT, x):
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.in_chans:
+        raise ValueError(f"x must be (N, {self.in_chans}, {self.img_size}, {self.img_size}), got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    h, w = x.shape[-2:]
+    if h % self.patch_size or w % self.patch_size:
+        raise ValueError(f"image size {h}x{w} is not divisible by patch_size {self.patch_size}")
+    if (h, w) != (self.img_size, self.img_size):
+        raise ValueError(f"this U-ViT was built for {self.img_size}x{self.img_size} images "
+                         f"({self.grid ** 2} patch positions in pos_embed), got {h}x{w}")
+
+@patch
+def _timesteps(self: UViT, timesteps, n, device):
+    t = torch.as_tensor(timesteps, device=device)
+    if t.ndim == 0: t = t.expand(n)
+    if t.shape != (n,): raise ValueError(f"timesteps must be a scalar or of shape ({n},), got {tuple(t.shape)}")
+    return t
+
+@patch
+def label_token(self: UViT, y:torch.Tensor, n:int|None=None) -> torch.Tensor:
+    "(N, D) label embedding of integer labels y (N,) or of class probabilities y (N, K): y @ label_emb.weight[:K]."
+    if self.num_classes <= 0:
+        raise ValueError(f"this U-ViT is unconditional (num_classes={self.num_classes}): y must be None")
+    if not isinstance(y, torch.Tensor): raise ValueError(f"y must be a tensor, got {type(y).__name__}")
+    n = len(y) if n is None else n
+    if y.dtype.is_floating_point:
+        widths = sorted({self.num_classes - self.null_class, self.num_classes})
+        if y.ndim != 2 or y.shape[0] != n or y.shape[1] not in widths:
+            raise ValueError(f"soft y must be (N, K) = ({n}, {' or '.join(map(str, widths))}) class probabilities, got {tuple(y.shape)}")
+        w = self.label_emb.weight[:y.shape[1]]
+        return y.to(w.dtype) @ w
+    if y.dtype == torch.bool or y.is_complex():
+        raise ValueError(f"y must hold integer labels or float probabilities, got dtype {y.dtype}")
+    if y.shape != (n,): raise ValueError(f"integer y must have shape ({n},), got {tuple(y.shape)}")
+    if n and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+        raise ValueError(f"labels y must lie in [0, {self.num_classes - 1}], got values in [{int(y.min())}, {int(y.max())}]")
+    return self.label_emb(y.long())
+
+@patch
+def _embed(self: UViT, x, timesteps, y):
+    "Check the inputs; (N, extras + L, D) tokens [label, time, patches] + pos_embed."
+    self._check_x(x)
+    n = x.shape[0]
+    if y is None and self.num_classes > 0:
+        raise ValueError(f"this U-ViT is class-conditional (num_classes={self.num_classes}): pass y "
+                         f"(labels (N,) or probabilities (N, K))" + (f"; y = {self.num_classes - 1} is the null class" if self.null_class else ''))
+    label = None if y is None else self.label_token(y, n)
+    t = self._timesteps(timesteps, n, x.device)
+    h = self.patch_embed(x)
+    time = self.time_embed(timestep_embedding(t, self.embed_dim))
+    tokens = [time.unsqueeze(1), h] if label is None else [label.unsqueeze(1), time.unsqueeze(1), h]
+    return torch.cat(tokens, dim=1) + self.pos_embed
+
+# %% ../nbs/13_uvit.ipynb #6f21c70e-d
+@patch
+def _trunk(self: UViT, h):
+    "Yield (name, tokens) after every block, in order; the out-blocks take the mirror in-block's output as skip."
+    skips = []
+    for i, blk in enumerate(self.in_blocks):
+        h = blk(h); skips.append(h); yield f'in_blocks.{i}', h
+    h = self.mid_block(h); yield 'mid_block', h
+    for i, blk in enumerate(self.out_blocks):
+        h = blk(h, skips.pop()); yield f'out_blocks.{i}', h
+
+@patch
+def _decode(self: UViT, h):
+    "Final norm, per-token linear to p·p·C, drop the extra tokens, unpatchify, 3x3 conv."
+    h = self.decoder_pred(self.norm(h))[:, self.extras:, :]
+    return self.final_layer(unpatchify(h, self.patch_size, self.in_chans))
+
+@patch
+def token_map(self: UViT, h:torch.Tensor) -> torch.Tensor:
+    "(N, extras + L, D) tokens -> (N, D, g, g) spatial map of the patch tokens (time and label tokens dropped)."
+    return h[:, self.extras:, :].transpose(1, 2).reshape(h.shape[0], self.embed_dim, self.grid, self.grid)
+
+@patch
+def features(self: UViT, x:torch.Tensor, timesteps, y:torch.Tensor|None=None, names=None) -> dict:
+    "One pass: {block name: (N, D, g, g) patch-token map} for every block (or those in `names`), and 'out' = forward(x, t, y)."
+    if names is None: want = list(self.block_names) + ['out']
+    else:
+        if isinstance(names, (str, int)): names = [names]
+        want = list(dict.fromkeys('out' if n == 'out' else self.block_names[self.block_index(n)] for n in names))
+        if not want: raise ValueError("names is empty: name at least one block or 'out'")
+    last = max((self.block_index(n) for n in want if n != 'out'), default=-1)
+    out, h = {}, self._embed(x, timesteps, y)
+    for i, (name, h) in enumerate(self._trunk(h)):
+        if name in want: out[name] = self.token_map(h)
+        if i == last and 'out' not in want: break
+    if 'out' in want: out['out'] = self._decode(h)
+    return {n: out[n] for n in want}
 
 # %% ../nbs/13_uvit.ipynb #d6b9f891
 _S = dict(embed_dim=512, num_heads=8, mlp_ratio=4, qkv_bias=False, mlp_time_embed=False)
