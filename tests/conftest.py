@@ -36,12 +36,6 @@ def png_dataset(tmp_path):
     return root/'labels.csv'
 
 
-def pytest_collection_modifyitems(config, items):
-    "Under pytest-xdist (`--dist loadgroup`), every test that reads the one smoke run shares a worker, so it runs once."
-    for item in items:
-        if 'smoke_run' in getattr(item, 'fixturenames', ()): item.add_marker(pytest.mark.xdist_group('smoke'))
-
-
 def pytest_configure(config):
     "Each xdist worker gets an equal share of the cores (torch and its kernels' OpenMP), so two workers do not fight."
     n = os.environ.get('PYTEST_XDIST_WORKER_COUNT')

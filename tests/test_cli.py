@@ -216,181 +216,195 @@ def test_evaluate_scores_two_sets_and_never_overwrites(tmp_path, capsys):
     assert abs(s.fid[0]) < 1e-3 and s.precision[0] == s.recall[0] == 1
 
 
-def test_dcube_on_a_three_class_labels_csv(tmp_path):
-    """04_dcube on a user's labels.csv whose `label` column holds three classes (PNG files, a split column); 02_classify on
-    three classes is tested on the smoke run's phantom (`test_classify_on_three_classes_reuses_pretrained_models`)."""
-    from PIL import Image
-    rng = np.random.default_rng(0)
-    root, rows = tmp_path/'data', []
-    (root/'img').mkdir(parents=True)
-    for p in range(54):
-        c = ['benign', 'malignant', 'normal'][p % 3]
-        s = (['train'] * 5 + ['valid'] * 2 + ['test'] * 2 + ['pretrain'] * 3)[(p // 3) % 12]
-        for k in range(2):
-            a = rng.integers(0, 60, (32, 32)).astype(np.uint8); a[8 + 6 * (p % 3):14 + 6 * (p % 3), 8:14] = 220
-            Image.fromarray(a).save(root/'img'/f'p{p}_{k}.png')
-            rows.append(dict(path=f'img/p{p}_{k}.png', label=c, patient_id=f'P{p}', split=s))
-    pd.DataFrame(rows).to_csv(root/'labels.csv', index=False)
-    out = tmp_path/'run'
-    r = _cli('run', '--preset', 'smoke', '--data', root/'labels.csv', '--out', out, '--quiet', '--only', 'dcube')
-    assert r.returncode == 0, r.stderr[-3000:]
-    m = json.loads((out/'metrics.json').read_text())
-    d = m['04_dcube']
-    assert d['task'] == dict(label_column='label', classes=['benign', 'malignant', 'normal'],
-                             n_test=sum(r['split'] == 'test' for r in rows))
-    r = _cli('run', '--data', root/'labels.csv', '--out', tmp_path/'bad', '--quiet', '--only', 'dcube', '-p', 'dcube.label_column=grade')
-    assert r.returncode == 1 and "missing required column 'grade'" in r.stderr and not (tmp_path/'bad').exists()
+class TestThreeClassLabels:
+    "A class of its own: under `--dist loadscope` this long test is a unit of work by itself."
+
+    def test_dcube_on_a_three_class_labels_csv(self, tmp_path):
+        """04_dcube on a user's labels.csv whose `label` column holds three classes (PNG files, a split column); 02_classify on
+        three classes is tested on the smoke run's phantom (`test_classify_on_three_classes_reuses_pretrained_models`)."""
+        from PIL import Image
+        rng = np.random.default_rng(0)
+        root, rows = tmp_path/'data', []
+        (root/'img').mkdir(parents=True)
+        for p in range(54):
+            c = ['benign', 'malignant', 'normal'][p % 3]
+            s = (['train'] * 5 + ['valid'] * 2 + ['test'] * 2 + ['pretrain'] * 3)[(p // 3) % 12]
+            for k in range(2):
+                a = rng.integers(0, 60, (32, 32)).astype(np.uint8); a[8 + 6 * (p % 3):14 + 6 * (p % 3), 8:14] = 220
+                Image.fromarray(a).save(root/'img'/f'p{p}_{k}.png')
+                rows.append(dict(path=f'img/p{p}_{k}.png', label=c, patient_id=f'P{p}', split=s))
+        pd.DataFrame(rows).to_csv(root/'labels.csv', index=False)
+        out = tmp_path/'run'
+        r = _cli('run', '--preset', 'smoke', '--data', root/'labels.csv', '--out', out, '--quiet', '--only', 'dcube')
+        assert r.returncode == 0, r.stderr[-3000:]
+        m = json.loads((out/'metrics.json').read_text())
+        d = m['04_dcube']
+        assert d['task'] == dict(label_column='label', classes=['benign', 'malignant', 'normal'],
+                                 n_test=sum(r['split'] == 'test' for r in rows))
+        r = _cli('run', '--data', root/'labels.csv', '--out', tmp_path/'bad', '--quiet', '--only', 'dcube', '-p', 'dcube.label_column=grade')
+        assert r.returncode == 1 and "missing required column 'grade'" in r.stderr and not (tmp_path/'bad').exists()
 
 
-# ---------------------------------------------------------------- one smoke run of every experiment, read by the tests below
-@pytest.fixture(scope='module')
-def smoke_run(tmp_path_factory):
-    "`rcdiff run --preset smoke` of every experiment on the embedded phantom, once, with a cache of its own."
-    root = tmp_path_factory.mktemp('smoke')
+# ------------------------------------------- two smoke runs of every experiment between them, read by the tests below
+# Two runs, not one, so that under pytest-xdist they go to two workers (conftest groups each run's tests on one
+# worker, so each runs once): the classification chain, and the experiments that need nothing from it.
+def _smoke(root, *only, extra=()):
     out, cache = root/'run', root/'cache'
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv('RCDIFF_CACHE', str(cache))          # the runner and its notebooks read it
-        r = _cli('run', '--preset', 'smoke', '--out', out, '--quiet', '--only', 'data', 'pretrain', 'classify', 'generate',
-                 'dcube', 'bench_dit', 'bench_classify', 'tiny_recipe', '-p', 'data.image_size=28', '-p', 'audit.r_widths=[4, 64]',
-                 '-p', f'bench_classify.tuned_run={out}')
+        r = _cli('run', '--preset', 'smoke', '--out', out, '--quiet', '--only', *only, '-p', 'data.image_size=28', *extra)
     assert r.returncode == 0, r.stderr[-3000:]
     return SimpleNamespace(out=out, cache=cache, stdout=r.stdout, metrics=json.loads((out/'metrics.json').read_text()))
 
 
-def test_smoke_run_writes_a_readme_and_the_resolved_config(smoke_run):
-    import yaml
-    out = smoke_run.out
-    params = yaml.safe_load((out/'params.yaml').read_text())
-    assert params['preset'] == 'smoke' and params['config']['data']['image_size'] == 32 and 'image_size 28 → 32' in smoke_run.stdout
-    assert params['experiments'] == ['00_data', '01_pretrain', '02_classify', '03_generate', '04_dcube', '91_bench_dit',
-                                     '92_bench_classify', '93_tiny_recipe']
-    readme = (out/'README.md').read_text()
-    assert readme.startswith(f'# Run `{out.name}`') and '## 02_classify' in readme and 'table4_calibrated' in readme
+@pytest.fixture(scope='module')
+def smoke_run(tmp_path_factory):
+    "`rcdiff run --preset smoke` of data, pretrain, classify, generate and bench_classify on the embedded phantom."
+    root = tmp_path_factory.mktemp('smoke')
+    return _smoke(root, 'data', 'pretrain', 'classify', 'generate', 'bench_classify',
+                  extra=('-p', 'audit.r_widths=[4, 64]', '-p', f"bench_classify.tuned_run={root/'run'}"))
 
 
-def test_the_embedded_phantom_is_generated_once(smoke_run, tmp_path, monkeypatch):
-    m = smoke_run.metrics['00_data']
-    assert m['images'] == 186 and m['facilities'] == 12
-    assert m['split_sizes'] == {'pretrain': 66, 'train': 60, 'valid': 30, 'test': 30}
-    cached = list((smoke_run.cache/'phantom').glob('tiny-seed0-*/labels.csv'))
-    assert len(cached) == 1
-    stamp = cached[0].stat().st_mtime_ns
-    monkeypatch.setenv('RCDIFF_CACHE', str(smoke_run.cache))
-    r = _cli('run', '--preset', 'smoke', '--out', tmp_path/'b', '--quiet', '--only', 'data')
-    assert r.returncode == 0 and cached[0].stat().st_mtime_ns == stamp  # reused, not regenerated
+@pytest.fixture(scope='module')
+def smoke_side(tmp_path_factory):
+    "`rcdiff run --preset smoke` of the experiments that need no other: dcube, bench_dit, tiny_recipe."
+    return _smoke(tmp_path_factory.mktemp('smoke_side'), 'dcube', 'bench_dit', 'tiny_recipe')
 
 
-def test_pretrain_and_its_benchmark(smoke_run):
-    "01_pretrain (three LDTs, Fig. 8, leakage audit) and 91_bench_dit."
-    out = smoke_run.out
-    for f in ['figures/fig8_pretrain_loss.png', 'figures/audit_loss_by_t.png', 'tables/min_loss.csv',
-              'tables/audit_loss_vs_r_width.csv', 'tables/dit_step_time.csv', 'notebooks/01_pretrain.ipynb',
-              'notebooks/91_bench_dit.ipynb']:
-        assert (out/f).exists(), f
-    pre = smoke_run.metrics['01_pretrain']
-    assert set(pre['min_loss']) == {'unconditional', 'class-conditioned', 'representation-conditioned'}
-    assert all(0 < v < 10 for v in pre['min_loss'].values())
-    assert pre['latent_shape'] == [4, 8, 8]                                 # 28 px rounded up to 32: 8x8 latents tile
-    width = pd.read_csv(out/'tables'/'audit_loss_vs_r_width.csv')
-    assert len(width) == 3  # the unconditional reference + two widths
-    logs = {c: pd.read_csv(out/'checkpoints'/c/'loss.csv') for c in ['none', 'class', 'representation']}
-    assert all(len(lg) == 4 for lg in logs.values())
-    assert '91_bench_dit' in smoke_run.metrics
+class TestSmokeRun:
+    "The tests that read `smoke_run`: one class, so pytest-xdist (`--dist loadscope`) runs them on one worker and the run happens once."
 
+    def test_smoke_run_writes_a_readme_and_the_resolved_config(self, smoke_run):
+        import yaml
+        out = smoke_run.out
+        params = yaml.safe_load((out/'params.yaml').read_text())
+        assert params['preset'] == 'smoke' and params['config']['data']['image_size'] == 32 and 'image_size 28 → 32' in smoke_run.stdout
+        assert params['experiments'] == ['00_data', '01_pretrain', '02_classify', '03_generate', '92_bench_classify']
+        readme = (out/'README.md').read_text()
+        assert readme.startswith(f'# Run `{out.name}`') and '## 02_classify' in readme and 'table4_calibrated' in readme
 
-def test_classify_and_its_benchmark(smoke_run):
-    "02_classify (tunes, classifies, baselines, Table 4, claims) on the run's pre-trained LDTs, and 92_bench_classify."
-    out, m = smoke_run.out, smoke_run.metrics
-    for f in ['tables/table4_raw.csv', 'tables/table4_calibrated.csv', 'tables/table4_paper.csv', 'tables/classification_all.csv',
-              'tables/adaptive_vs_exhaustive.csv', 'figures/fig9_zt_and_z0_pred.png', 'figures/accuracy_vs_t.png',
-              'figures/accuracy_vs_samples.png', 'figures/tuning.png', 'tables/classifier_throughput.csv',
-              'arrays/errors_seed0_representation_test.npz', 'checkpoints/tune/seed0/representation/best.pt']:
-        assert (out/f).exists(), f
-    c = m['02_classify']
-    assert c['test_images'] == 30 and len(c['table4_raw']) == 8         # 3 baselines, 2 x Zero (Eq. 4), 3 x DC chosen on valid
-    claims = pd.read_csv(out/'tables'/'claims.csv')
-    assert len(claims) == 14 and set(claims.verdict) <= {'holds', 'refuted', 'unresolved'} and (claims.n_test == 30).all()
-    assert (claims.positive_class == 'hematoma').all() and (claims.low <= claims.high).all()
-    miss = pd.read_csv(out/'tables'/'recall_by_subgroup.csv')
-    assert 'hematoma_type' in set(miss.column) and 'fluid_level' in set(miss.column)
-    assert set(c['dc_chosen']) == {'none', 'representation', 'scratch'}
-    import yaml
-    params = yaml.safe_load((out/'params.yaml').read_text())
-    assert params['positive']['class'] == 'hematoma' and "'normal' reads as the absence of disease" in params['positive']['reason']
-    assert "class 'hematoma' is positive" in (out/'notebooks'/'02_classify.ipynb').read_text()
-    for row in c['table4_raw'].values():
-        assert 0 <= row['accuracy'] <= 1 and 0 <= row['auroc'] <= 1
-    assert c['adaptive']['evaluations_adaptive'] <= c['adaptive']['evaluations_exhaustive'] == 2 * 3 * 2   # classes x n_t x n_eps
-    assert c['adaptive']['max_relative_deviation_from_exhaustive'] < 1e-4
-    t4 = pd.read_csv(out/'tables'/'table4_raw.csv')
-    assert t4.accuracy.str.match(r'^1?\.\d{3} \[').all()                    # value [low, high]
-    b = m['92_bench_classify']
-    assert b['max_relative_difference'] < 1e-3 and b['speedup_batched_same_images'] > 0
-    toy = {(r['world'], r['classifier'], r['z'] if r['classifier'] == 'adaptive' else None): r for r in b['adaptive_toy']['rows']}
-    assert toy[(3, 'exhaustive', None)]['evaluations_per_image'] == 8 and 0.5 < toy[(3, 'exhaustive', None)]['accuracy'] <= 1
-    assert toy[(3, 'adaptive', 2.0)]['evaluations_per_image'] <= 8
-    rows = {(r['classifier'], r['rule']): r for r in b['adaptive']['rows']}
-    assert rows[('exhaustive', 'raw')]['evaluations_per_image'] == 2 * 4
-    assert rows[('adaptive', 'raw')]['evaluations_per_image'] <= 2 * 4
+    def test_the_embedded_phantom_is_generated_once(self, smoke_run, tmp_path, monkeypatch):
+        m = smoke_run.metrics['00_data']
+        assert m['images'] == 186 and m['facilities'] == 12
+        assert m['split_sizes'] == {'pretrain': 66, 'train': 60, 'valid': 30, 'test': 30}
+        cached = list((smoke_run.cache/'phantom').glob('tiny-seed0-*/labels.csv'))
+        assert len(cached) == 1
+        stamp = cached[0].stat().st_mtime_ns
+        monkeypatch.setenv('RCDIFF_CACHE', str(smoke_run.cache))
+        r = _cli('run', '--preset', 'smoke', '--out', tmp_path/'b', '--quiet', '--only', 'data')
+        assert r.returncode == 0 and cached[0].stat().st_mtime_ns == stamp  # reused, not regenerated
 
+    def test_pretrain(self, smoke_run):
+        "01_pretrain (three LDTs, Fig. 8, leakage audit)."
+        out = smoke_run.out
+        for f in ['figures/fig8_pretrain_loss.png', 'figures/audit_loss_by_t.png', 'tables/min_loss.csv',
+                  'tables/audit_loss_vs_r_width.csv', 'notebooks/01_pretrain.ipynb']:
+            assert (out/f).exists(), f
+        pre = smoke_run.metrics['01_pretrain']
+        assert set(pre['min_loss']) == {'unconditional', 'class-conditioned', 'representation-conditioned'}
+        assert all(0 < v < 10 for v in pre['min_loss'].values())
+        assert pre['latent_shape'] == [4, 8, 8]                                 # 28 px rounded up to 32: 8x8 latents tile
+        width = pd.read_csv(out/'tables'/'audit_loss_vs_r_width.csv')
+        assert len(width) == 3  # the unconditional reference + two widths
+        logs = {c: pd.read_csv(out/'checkpoints'/c/'loss.csv') for c in ['none', 'class', 'representation']}
+        assert all(len(lg) == 4 for lg in logs.values())
 
-def test_tiny_recipe_study(smoke_run):
-    "93_tiny_recipe with every factor at one extra level: the points table, the figure, the summary."
-    out = smoke_run.out
-    pts = pd.read_csv(out/'tables'/'recipe_points.csv')
-    want = {'pretrain_steps', 'tune_lr', 'label_init', 'tune_ema', 'pretrain_batch', 'model', 'from scratch'}
-    assert want <= set(pts.factor), set(pts.factor)
-    assert pts.auroc_eps.between(0, 1).all() and (pts.seconds > 0).all()
-    assert (out/'figures'/'auroc_vs_seconds.png').exists() and (out/'tables'/'bank_size.csv').exists()
-    m = smoke_run.metrics['93_tiny_recipe']
-    assert m['condition_shift']['r_emb_norm'] > 0 and 0 <= m['nearest_class_mean_auroc']['valid'] <= 1
-    assert m['valid_images'] == 30 and m['positive_class'] == 'hematoma'
+    def test_classify_and_its_benchmark(self, smoke_run):
+        "02_classify (tunes, classifies, baselines, Table 4, claims) on the run's pre-trained LDTs, and 92_bench_classify."
+        out, m = smoke_run.out, smoke_run.metrics
+        for f in ['tables/table4_raw.csv', 'tables/table4_calibrated.csv', 'tables/table4_paper.csv', 'tables/classification_all.csv',
+                  'tables/adaptive_vs_exhaustive.csv', 'figures/fig9_zt_and_z0_pred.png', 'figures/accuracy_vs_t.png',
+                  'figures/accuracy_vs_samples.png', 'figures/tuning.png', 'tables/classifier_throughput.csv',
+                  'arrays/errors_seed0_representation_test.npz', 'checkpoints/tune/seed0/representation/best.pt']:
+            assert (out/f).exists(), f
+        c = m['02_classify']
+        assert c['test_images'] == 30 and len(c['table4_raw']) == 8         # 3 baselines, 2 x Zero (Eq. 4), 3 x DC chosen on valid
+        claims = pd.read_csv(out/'tables'/'claims.csv')
+        assert len(claims) == 14 and set(claims.verdict) <= {'holds', 'refuted', 'unresolved'} and (claims.n_test == 30).all()
+        assert (claims.positive_class == 'hematoma').all() and (claims.low <= claims.high).all()
+        miss = pd.read_csv(out/'tables'/'recall_by_subgroup.csv')
+        assert 'hematoma_type' in set(miss.column) and 'fluid_level' in set(miss.column)
+        assert set(c['dc_chosen']) == {'none', 'representation', 'scratch'}
+        import yaml
+        params = yaml.safe_load((out/'params.yaml').read_text())
+        assert params['positive']['class'] == 'hematoma' and "'normal' reads as the absence of disease" in params['positive']['reason']
+        assert "class 'hematoma' is positive" in (out/'notebooks'/'02_classify.ipynb').read_text()
+        for row in c['table4_raw'].values():
+            assert 0 <= row['accuracy'] <= 1 and 0 <= row['auroc'] <= 1
+        assert c['adaptive']['evaluations_adaptive'] <= c['adaptive']['evaluations_exhaustive'] == 2 * 3 * 2   # classes x n_t x n_eps
+        assert c['adaptive']['max_relative_deviation_from_exhaustive'] < 1e-4
+        t4 = pd.read_csv(out/'tables'/'table4_raw.csv')
+        assert t4.accuracy.str.match(r'^1?\.\d{3} \[').all()                    # value [low, high]
+        b = m['92_bench_classify']
+        assert b['max_relative_difference'] < 1e-3 and b['speedup_batched_same_images'] > 0
+        toy = {(r['world'], r['classifier'], r['z'] if r['classifier'] == 'adaptive' else None): r for r in b['adaptive_toy']['rows']}
+        assert toy[(3, 'exhaustive', None)]['evaluations_per_image'] == 8 and 0.5 < toy[(3, 'exhaustive', None)]['accuracy'] <= 1
+        assert toy[(3, 'adaptive', 2.0)]['evaluations_per_image'] <= 8
+        rows = {(r['classifier'], r['rule']): r for r in b['adaptive']['rows']}
+        assert rows[('exhaustive', 'raw')]['evaluations_per_image'] == 2 * 4
+        assert rows[('adaptive', 'raw')]['evaluations_per_image'] <= 2 * 4
 
+    def test_generate_experiment(self, smoke_run):
+        "03_generate: samples in ADM's format, Table 3, Figs. 6 and 7."
+        out = smoke_run.out
+        for f in ['tables/table3.csv', 'tables/table3_paper.csv', 'figures/fig6_tsne.png', 'figures/fig7_partial_denoising.png',
+                  'figures/samples_grid.png', 'notebooks/03_generate.ipynb']:
+            assert (out/f).exists(), f
+        from rcdiff.sample import load_samples
+        for name in ['reference', 'real', 'unconditional_ldt', 'class_conditioned_ldt', 'representation_conditioned_ldt']:
+            a = load_samples(out/'samples'/f'{name}.npz')
+            assert a.shape == (6, 32, 32, 3) and a.dtype == np.uint8, name
+        t3 = pd.read_csv(out/'tables'/'table3.csv', index_col=0)
+        assert list(t3.index) == ['real (control)', 'Class-Conditioned LDT', 'Unconditional LDT', 'Representation-Conditioned LDT']
+        assert (t3.n_samples == 6).all() and (t3.n_ref == 6).all() and (t3.fid > 0).all() and t3.inception_score.isna().all()
+        assert t3.network.str.contains('Inception-v3').all()
+        assert t3.loc['Representation-Conditioned LDT', 'condition'].startswith('r of the reference image')
+        g = smoke_run.metrics['03_generate']
+        assert g['n_samples'] == 6 and set(g['fid']) == set(t3.index)
 
-def test_generate_experiment(smoke_run):
-    "03_generate: samples in ADM's format, Table 3, Figs. 6 and 7."
-    out = smoke_run.out
-    for f in ['tables/table3.csv', 'tables/table3_paper.csv', 'figures/fig6_tsne.png', 'figures/fig7_partial_denoising.png',
-              'figures/samples_grid.png', 'notebooks/03_generate.ipynb']:
-        assert (out/f).exists(), f
-    from rcdiff.sample import load_samples
-    for name in ['reference', 'real', 'unconditional_ldt', 'class_conditioned_ldt', 'representation_conditioned_ldt']:
-        a = load_samples(out/'samples'/f'{name}.npz')
-        assert a.shape == (6, 32, 32, 3) and a.dtype == np.uint8, name
-    t3 = pd.read_csv(out/'tables'/'table3.csv', index_col=0)
-    assert list(t3.index) == ['real (control)', 'Class-Conditioned LDT', 'Unconditional LDT', 'Representation-Conditioned LDT']
-    assert (t3.n_samples == 6).all() and (t3.n_ref == 6).all() and (t3.fid > 0).all() and t3.inception_score.isna().all()
-    assert t3.network.str.contains('Inception-v3').all()
-    assert t3.loc['Representation-Conditioned LDT', 'condition'].startswith('r of the reference image')
-    g = smoke_run.metrics['03_generate']
-    assert g['n_samples'] == 6 and set(g['fid']) == set(t3.index)
+    def test_classify_on_three_classes_reuses_pretrained_models(self, smoke_run, tmp_path, monkeypatch):
+        "02_classify on the `location` column (macro metrics, confusion matrices), with the smoke run's pre-trained LDTs."
+        monkeypatch.setenv('RCDIFF_CACHE', str(smoke_run.cache))
+        out = tmp_path/'three'
+        r = _cli('run', '--preset', 'smoke', '--out', out, '--quiet', '--only', 'classify', '-p', 'data.label_column=location',
+                 '-p', f'pretrained={smoke_run.out}')
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert not (out/'checkpoints'/'representation').exists()               # nothing pre-trained again
+        c = json.loads((out/'metrics.json').read_text())['02_classify']
+        assert c['classes'] == ['extra_axial', 'intra_axial', 'no_bleed'] and c['positive_class'].startswith('none (macro')
+        assert len(c['table_multiclass_raw']) == 8
+        t = pd.read_csv(out/'tables'/'table_multiclass_calibrated.csv')
+        assert len(t) == 8 and (t.n_test == 30).all() and (t.averaging == 'macro').all()
+        assert (out/'figures'/'confusion_matrices.png').exists() and not (out/'tables'/'claims.csv').exists()
 
+class TestSmokeSide:
+    "The tests that read `smoke_side` (one worker, one run)."
 
-def test_dcube_on_the_phantoms_three_class_task(smoke_run):
-    "04_dcube on its default task, the phantom's `location` column."
-    out = smoke_run.out
-    assert "04_dcube: the 'location' column, 3 classes (extra_axial, intra_axial, no_bleed)" in smoke_run.stdout
-    d = smoke_run.metrics['04_dcube']
-    assert d['task']['classes'] == ['extra_axial', 'intra_axial', 'no_bleed'] and d['task']['n_test'] == 30
-    assert set(d['table2']) >= {'D-Cube', 'Diffusion Classifier (step-1 U-ViT, ε)'} and len(d['table4']) == 5
-    for f in ['tables/table2_dcube.csv', 'tables/table3_dcube_synthetic.csv', 'tables/table4_dcube_ablation.csv',
-              'tables/table5_dcube_fid.csv', 'tables/table6_dcube_selection.csv', 'figures/fig2_gaussianity.png',
-              'figures/dcube_confusion_matrices.png', 'checkpoints/dcube/uvit_contrastive.pt']:
-        assert (out/f).exists(), f
-    for row in d['table2'].values(): assert 0 <= row['accuracy'] <= 1 and 0 <= row['auroc'] <= 1
+    def test_the_dit_benchmark(self, smoke_side):
+        "91_bench_dit runs on the smoke preset and writes its table."
+        assert '91_bench_dit' in smoke_side.metrics and (smoke_side.out/'tables'/'dit_step_time.csv').exists()
 
+    def test_tiny_recipe_study(self, smoke_side):
+        "93_tiny_recipe with every factor at one extra level: the points table, the figure, the summary."
+        out = smoke_side.out
+        pts = pd.read_csv(out/'tables'/'recipe_points.csv')
+        want = {'pretrain_steps', 'tune_lr', 'label_init', 'tune_ema', 'pretrain_batch', 'model', 'from scratch'}
+        assert want <= set(pts.factor), set(pts.factor)
+        assert pts.auroc_eps.between(0, 1).all() and (pts.seconds > 0).all()
+        assert (out/'figures'/'auroc_vs_seconds.png').exists() and (out/'tables'/'bank_size.csv').exists()
+        m = smoke_side.metrics['93_tiny_recipe']
+        assert m['condition_shift']['r_emb_norm'] > 0 and 0 <= m['nearest_class_mean_auroc']['valid'] <= 1
+        assert m['valid_images'] == 30 and m['positive_class'] == 'hematoma'
 
-def test_classify_on_three_classes_reuses_pretrained_models(smoke_run, tmp_path, monkeypatch):
-    "02_classify on the `location` column (macro metrics, confusion matrices), with the smoke run's pre-trained LDTs."
-    monkeypatch.setenv('RCDIFF_CACHE', str(smoke_run.cache))
-    out = tmp_path/'three'
-    r = _cli('run', '--preset', 'smoke', '--out', out, '--quiet', '--only', 'classify', '-p', 'data.label_column=location',
-             '-p', f'pretrained={smoke_run.out}')
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert not (out/'checkpoints'/'representation').exists()               # nothing pre-trained again
-    c = json.loads((out/'metrics.json').read_text())['02_classify']
-    assert c['classes'] == ['extra_axial', 'intra_axial', 'no_bleed'] and c['positive_class'].startswith('none (macro')
-    assert len(c['table_multiclass_raw']) == 8
-    t = pd.read_csv(out/'tables'/'table_multiclass_calibrated.csv')
-    assert len(t) == 8 and (t.n_test == 30).all() and (t.averaging == 'macro').all()
-    assert (out/'figures'/'confusion_matrices.png').exists() and not (out/'tables'/'claims.csv').exists()
+    def test_dcube_on_the_phantoms_three_class_task(self, smoke_side):
+        "04_dcube on its default task, the phantom's `location` column."
+        out = smoke_side.out
+        assert "04_dcube: the 'location' column, 3 classes (extra_axial, intra_axial, no_bleed)" in smoke_side.stdout
+        d = smoke_side.metrics['04_dcube']
+        assert d['task']['classes'] == ['extra_axial', 'intra_axial', 'no_bleed'] and d['task']['n_test'] == 30
+        assert set(d['table2']) >= {'D-Cube', 'Diffusion Classifier (step-1 U-ViT, ε)'} and len(d['table4']) == 5
+        for f in ['tables/table2_dcube.csv', 'tables/table3_dcube_synthetic.csv', 'tables/table4_dcube_ablation.csv',
+                  'tables/table5_dcube_fid.csv', 'tables/table6_dcube_selection.csv', 'figures/fig2_gaussianity.png',
+                  'figures/dcube_confusion_matrices.png', 'checkpoints/dcube/uvit_contrastive.pt']:
+            assert (out/f).exists(), f
+        for row in d['table2'].values(): assert 0 <= row['accuracy'] <= 1 and 0 <= row['auroc'] <= 1

@@ -1,7 +1,8 @@
 """Run every library notebook top to bottom (its inline tests) as `nbdev_test` does, one test per notebook, in the test
 process itself: each notebook then pays for torch, timm and rcdiff once per worker rather than once per notebook
 (about 8 s each on 2 cores). A notebook may change process-wide state (04_dit switches gradients off for its value
-checks); `fresh_process_state` starts each one as a new process would and puts everything back afterwards."""
+checks); `fresh_process_state` starts each one as a new process would and puts everything back afterwards. Each
+notebook is a class of its own, so that pytest-xdist (`--dist loadscope`) spreads them over the workers."""
 import os
 from contextlib import contextmanager
 
@@ -27,14 +28,17 @@ def fresh_process_state():
         plt.close('all')
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize('nb', NBS, ids=[p.stem for p in NBS])
-def test_notebook_runs(nb, capsys):
+def run_notebook(nb, capsys):
     from nbdev.config import get_config
     from nbdev.test import test_nb
     with fresh_process_state():
         ok, _ = test_nb(nb, skip_flags=get_config().tst_flags.split(), basepath=ROOT)   # the traceback goes to stderr
     assert ok, f"{nb.name} failed:\n{capsys.readouterr().err[-4000:]}"
+
+
+for _nb in NBS:   # TestNotebook_00_phantom.test_runs, …
+    def _test(self, capsys, nb=_nb): run_notebook(nb, capsys)
+    globals()[f'TestNotebook_{_nb.stem}'] = type(f'TestNotebook_{_nb.stem}', (), {'test_runs': pytest.mark.slow(_test)})
 
 
 def test_a_notebook_leaves_the_process_as_it_found_it():

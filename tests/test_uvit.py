@@ -340,25 +340,16 @@ def test_bad_input():
     m = UViT(**TINY).eval()
     x, t, y = data(TINY, n=2)
     cases = [
-        (lambda: m(torch.zeros(2, 2, 18, 18), t, y), 'not divisible by patch_size 4'),
-        (lambda: m(torch.zeros(2, 2, 32, 32), t, y), 'built for 16x16'),
-        (lambda: m(torch.zeros(2, 3, 16, 16), t, y), r'\(N, 2, 16, 16\)'),
-        (lambda: m(torch.zeros(2, 16, 16), t, y), r'\(N, 2, 16, 16\)'),
         (lambda: m(x, t, torch.tensor([0, 3])), r'\[0, 2\]'),
         (lambda: m(x, t, torch.tensor([-1, 0])), r'\[0, 2\]'),
-        (lambda: m(x, t, torch.tensor([0, 1, 2])), r'shape \(2,\)'),
-        (lambda: m(x, t, torch.zeros(2, 1, dtype=torch.long)), r'shape \(2,\)'),
         (lambda: m(x, t, torch.zeros(3, 3)), r'\(2, 3\)'),
         (lambda: m(x, t, torch.zeros(2, 4)), r'\(2, 3\)'),
-        (lambda: m(x, t, torch.tensor([True, False])), 'dtype'),
         (lambda: m(x, t), 'class-conditional'),
         (lambda: UViT(**dict(TINY, num_classes=-1))(x, t, y), 'unconditional'),
         (lambda: UViT(**dict(TINY, num_classes=0))(x, t, y), 'unconditional'),
-        (lambda: m(x, torch.tensor([1, 2, 3]), y), 'timesteps'),
         (lambda: m.features(x, t, y, names=['mid']), 'no block'),
         (lambda: UViT(img_size=30, patch_size=4), 'not divisible by patch_size'),
         (lambda: UViT(embed_dim=30, num_heads=4), 'not divisible by num_heads'),
-        (lambda: UViT(depth=-1), 'depth'),
         (lambda: uvit('uvit-xl'), 'uvit-small, uvit-small-celeba64'),
         (lambda: uvit('uvit-tiny', imgsize=32), 'imgsize'),
     ]
