@@ -42,5 +42,6 @@ def pytest_configure(config):
     if n:
         threads = str(max(1, (os.cpu_count() or 1) // int(n)))
         os.environ['OMP_NUM_THREADS'] = os.environ['MKL_NUM_THREADS'] = threads
+        os.environ['OMP_WAIT_POLICY'] = 'PASSIVE'     # idle OpenMP threads sleep instead of spinning on a shared core
         import torch
         torch.set_num_threads(int(threads))
