@@ -190,7 +190,7 @@ def to_markdown(df, floatfmt='.4g') -> str:
     lines.insert(1, '|' + '|'.join('---' for _ in df.columns) + '|')
     return '\n'.join(lines) + '\n'
 
-def _atomic_write(path: Path, text: str): atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+def _write_text(path: Path, text: str): atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 class RunDir:
     "The run folder an experiment notebook writes into."
@@ -230,7 +230,7 @@ class RunDir:
         p = self.path/'metrics.json'
         allm = json.loads(p.read_text()) if p.exists() else {}
         allm.setdefault(self.notebook, {}).update(_jsonable(values))
-        _atomic_write(p, json.dumps(allm, indent=2, sort_keys=True))
+        _write_text(p, json.dumps(allm, indent=2, sort_keys=True))
         return allm[self.notebook]
 
 def _jsonable(v):
@@ -282,7 +282,7 @@ def write_run_readme(out) -> Path:
     lines += ['', 'Every table is in `tables/` (CSV, and Markdown for reading), every figure in `figures/`, the executed '
               'notebooks in `notebooks/`, the resolved configuration in `params.yaml`.']
     path = out/'README.md'
-    _atomic_write(path, '\n'.join(lines).rstrip() + '\n')
+    _write_text(path, '\n'.join(lines).rstrip() + '\n')
     return path
 
 # %% ../nbs/90_report.ipynb #lesscd
@@ -498,7 +498,7 @@ def run_experiments(preset='tiny', data=None, out=None, only=None, params=None, 
         **({'positive': positive} if positive else {}), experiments=list(notebooks), overrides=overrides,
         command=' '.join(sys.argv), config=yaml.safe_load(to_yaml(cfg))), sort_keys=False))
     env = environment(); env.update(started=datetime.datetime.now().isoformat(timespec='seconds'), seed=cfg.seed)
-    _atomic_write(out/'env.json', json.dumps(env, indent=2))
+    _write_text(out/'env.json', json.dumps(env, indent=2))
     timings = {}
     for i, (name, path) in enumerate(notebooks.items(), 1):
         log(f"[{i}/{len(notebooks)}] {name} …")
@@ -519,7 +519,7 @@ def run_experiments(preset='tiny', data=None, out=None, only=None, params=None, 
         log(f"    done in {timings[name]} s")
     env.update(finished=datetime.datetime.now().isoformat(timespec='seconds'), seconds=timings,
                total_seconds=round(time.time() - t0, 1))
-    _atomic_write(out/'env.json', json.dumps(env, indent=2))
+    _write_text(out/'env.json', json.dumps(env, indent=2))
     write_run_readme(out)
     log(f"report written to {out} (start with its README.md)")
     return out

@@ -15,7 +15,7 @@ import torch
 from .latents import LatentSet, sample_z0, _hash_tensors
 from .diffusion import Diffusion, loss as eps_loss, loss_per_sample
 from .dit import DiT, to_class_conditioning
-from .data import atomic_write as _atomic_write
+from .data import atomic_write
 from .train import TrainConfig, build, data_fingerprint, save_checkpoint, fit, CKPT_NAME, train as _train, load_checkpoint
 
 # %% auto #0
@@ -236,8 +236,8 @@ def tune(model: DiT, latents: LatentSet, y, cfg: TuneConfig, out_dir, valid: tup
             mixed_precision=cfg.mixed_precision, progress=progress, desc='tune')
     hist, ev = pd.DataFrame(f.log, columns=['step', 'loss', 't_mean', 'grad_norm']), pd.DataFrame(sel.evals)
     best = sel.best
-    _atomic_write(out/EVALS_NAME, lambda tmp: ev.to_csv(tmp, index=False))
-    _atomic_write(out/TCONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=1)))
+    atomic_write(out/EVALS_NAME, lambda tmp: ev.to_csv(tmp, index=False))
+    atomic_write(out/TCONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=1)))
     save_checkpoint(out/RESULT_NAME, dict(model=best['state'], arch=dit_arch(model), best_step=best['step'],
                                           best_metric=best['metric'], config=cfg.to_dict(), fingerprint=fp, seconds=f.seconds, version=1))
     (out/CKPT_NAME).unlink(missing_ok=True)      # the result is best.pt; the loop's checkpoint was only for resuming
