@@ -1,4 +1,5 @@
-import os
+import functools, os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,53 @@ def pytest_configure(config):
         os.environ['OMP_WAIT_POLICY'] = 'PASSIVE'     # idle OpenMP threads sleep instead of spinning on a shared core
         import torch
         torch.set_num_threads(int(threads))
+
+
+@contextmanager
+def fresh_process_state():
+    import numpy as np, torch, matplotlib.pyplot as plt
+    saved = (torch.is_grad_enabled(), torch.get_default_dtype(), torch.get_num_threads(), torch.get_rng_state(),
+             np.random.get_state(), dict(os.environ), os.getcwd())
+    torch.set_grad_enabled(True)
+    try: yield
+    finally:
+        grad, dtype, threads, rng, nprng, env, cwd = saved
+        torch.set_grad_enabled(grad); torch.set_default_dtype(dtype); torch.set_num_threads(threads)
+        torch.set_rng_state(rng); np.random.set_state(nprng); os.chdir(cwd)
+        os.environ.clear(); os.environ.update(env)
+        plt.close('all')
+
+
+@contextmanager
+def notebooks_in_this_process():
+    """Let `rcdiff run` execute its experiment notebooks in the test process: papermill as always (parameters injected,
+    the executed copy written, a failing cell raised as `PapermillExecutionError`), but with an engine that runs the cells
+    in execnb's `CaptureShell` here instead of starting a kernel, which imports torch, timm and rcdiff again (about 12 s
+    of a 2-core machine per notebook). The tests that check what a real kernel does (the console script, a failing
+    notebook, `run_experiments` in 90_report) keep the kernel."""
+    import papermill as pm
+    from papermill.engines import Engine, papermill_engines
+
+    class InProcessEngine(Engine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, cwd=None, **kwargs):
+            import nbformat
+            from execnb.shell import CaptureShell
+            with fresh_process_state():
+                if cwd: os.chdir(cwd)
+                shell = CaptureShell()
+                for i, cell in enumerate(nb_man.nb.cells):
+                    nb_man.cell_start(cell, i)
+                    if cell.cell_type == 'code':
+                        cell.execution_count = i + 1
+                        cell.outputs = [nbformat.from_dict(o) for o in shell.run(cell.source)]
+                    if cell.cell_type == 'code' and shell.exc is not None:
+                        nb_man.cell_exception(cell, i); nb_man.cell_complete(cell, i)
+                        break
+                    nb_man.cell_complete(cell, i)
+
+    papermill_engines.register('rcdiff-tests-in-process', InProcessEngine)
+    execute = pm.execute_notebook
+    pm.execute_notebook = functools.partial(execute, engine_name='rcdiff-tests-in-process')
+    try: yield
+    finally: pm.execute_notebook = execute

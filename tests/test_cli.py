@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from rcdiff.cli import main
-from conftest import ROOT
+from conftest import ROOT, notebooks_in_this_process
 
 RCDIFF = str(Path(sys.executable).parent/'rcdiff')
 
@@ -25,14 +25,15 @@ def test_the_console_script_is_installed_and_fails_with_one_line(tmp_path):
     r = subprocess.run([RCDIFF, 'run', '--preset', 'huge', '--out', tmp_path/'r'], capture_output=True, text=True, cwd=ROOT,
                        timeout=300)
     assert r.returncode == 1 and r.stderr.startswith("error: unknown preset 'huge'") and not (tmp_path/'r').exists()
-    r = subprocess.run([RCDIFF], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    r = _cli()                                         # no command: the usage (in this process: one start of torch is enough)
     assert r.returncode == 0 and 'usage: rcdiff <command>' in r.stdout and 'lessons' in r.stdout
 
 
 def test_run_writes_the_report_folder(png_dataset, tmp_path):
     out = tmp_path/'runs'/'r1'
-    r = _cli('run', '--data', png_dataset, '--out', out, '--quiet', '--only', 'data', '-p', 'data.image_size=16',
-             '-p', 'figures.samples_per_cell=2')
+    with notebooks_in_this_process():
+        r = _cli('run', '--data', png_dataset, '--out', out, '--quiet', '--only', 'data', '-p', 'data.image_size=16',
+                 '-p', 'figures.samples_per_cell=2')
     assert r.returncode == 0, r.stderr[-3000:]
     for f in ['params.yaml', 'env.json', 'metrics.json', 'notebooks/00_data.ipynb',
               'figures/class_balance.png', 'figures/samples_by_facility_and_class.png',
@@ -139,18 +140,6 @@ def test_run_refuses_an_empty_train_split_before_any_notebook(tmp_path):
     assert "split 'train' is empty" in r.stderr, r.stderr
 
 
-def test_run_on_an_npz_prints_what_pretraining_reads(tmp_path):
-    npz, out = _npz(tmp_path/'m.npz'), tmp_path/'r'
-    r = _cli('run', '--data', npz, '--out', out, '--quiet', '--only', 'data', '-p', 'data.image_size=28', '-p', 'figures.samples_per_cell=1')
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert 'splits: from the npz keys' in r.stdout and 'pre-training reads the 24 train images without their labels' in r.stdout
-    assert 'warning: valid holds 6 patients' in r.stdout
-    m = json.loads((out/'metrics.json').read_text())['00_data']
-    assert m['split_sizes'] == {'train': 24, 'valid': 6, 'test': 6}
-    nb = (out/'notebooks'/'00_data.ipynb').read_text()
-    assert 'pre-training reads the 24 train images' in nb and "class '1' is positive" in nb   # what pre-training reads and the positive class, printed
-
-
 def test_phantom_command_writes_once(tmp_path):
     out = tmp_path/'ph'
     args = ['phantom', out, '-p', 'size=32', '-p', 'render=48', '-p', 'pretrain=22', '-p', 'train=20',
@@ -235,7 +224,8 @@ class TestThreeClassLabels:
                 rows.append(dict(path=f'img/p{p}_{k}.png', label=c, patient_id=f'P{p}', split=s))
         pd.DataFrame(rows).to_csv(root/'labels.csv', index=False)
         out = tmp_path/'run'
-        r = _cli('run', '--preset', 'smoke', '--data', root/'labels.csv', '--out', out, '--quiet', '--only', 'dcube')
+        with notebooks_in_this_process():
+            r = _cli('run', '--preset', 'smoke', '--data', root/'labels.csv', '--out', out, '--quiet', '--only', 'dcube')
         assert r.returncode == 0, r.stderr[-3000:]
         m = json.loads((out/'metrics.json').read_text())
         d = m['04_dcube']
@@ -250,7 +240,7 @@ class TestThreeClassLabels:
 # worker, so each runs once): the classification chain, and the experiments that need nothing from it.
 def _smoke(root, *only, extra=()):
     out, cache = root/'run', root/'cache'
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, notebooks_in_this_process():
         mp.setenv('RCDIFF_CACHE', str(cache))          # the runner and its notebooks read it
         r = _cli('run', '--preset', 'smoke', '--out', out, '--quiet', '--only', *only, '-p', 'data.image_size=28', *extra)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -291,8 +281,9 @@ class TestSmokeRun:
         assert len(cached) == 1
         stamp = cached[0].stat().st_mtime_ns
         monkeypatch.setenv('RCDIFF_CACHE', str(smoke_run.cache))
-        r = _cli('run', '--preset', 'smoke', '--out', tmp_path/'b', '--quiet', '--only', 'data')
-        assert r.returncode == 0 and cached[0].stat().st_mtime_ns == stamp  # reused, not regenerated
+        from rcdiff.config import load_config
+        from rcdiff.report import data_path                     # what the runner and every notebook call for the data
+        assert data_path(load_config('smoke')) == cached[0] and cached[0].stat().st_mtime_ns == stamp  # reused, not regenerated
 
     def test_pretrain(self, smoke_run):
         "01_pretrain (three LDTs, Fig. 8, leakage audit)."
@@ -366,8 +357,9 @@ class TestSmokeRun:
         "02_classify on the `location` column (macro metrics, confusion matrices), with the smoke run's pre-trained LDTs."
         monkeypatch.setenv('RCDIFF_CACHE', str(smoke_run.cache))
         out = tmp_path/'three'
-        r = _cli('run', '--preset', 'smoke', '--out', out, '--quiet', '--only', 'classify', '-p', 'data.label_column=location',
-                 '-p', f'pretrained={smoke_run.out}')
+        with notebooks_in_this_process():
+            r = _cli('run', '--preset', 'smoke', '--out', out, '--quiet', '--only', 'classify', '-p', 'data.label_column=location',
+                     '-p', f'pretrained={smoke_run.out}')
         assert r.returncode == 0, r.stderr[-3000:]
         assert not (out/'checkpoints'/'representation').exists()               # nothing pre-trained again
         c = json.loads((out/'metrics.json').read_text())['02_classify']

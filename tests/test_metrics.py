@@ -81,8 +81,8 @@ def test_paired_bootstrap_equals_brute_force_loop():
     y = (r.random(30) < .35).astype(int)
     s_a, s_b = np.round(r.normal(size=30) + y, 1), np.round(r.normal(size=30) + .4 * y, 1)   # rounded: ties
     p_a, p_b = (s_a > .5).astype(int), (s_b > 0).astype(int)
-    got = paired_bootstrap(y, p_a, p_b, s_a, s_b, metrics=('auroc', 'accuracy', 'specificity'), n_boot=200, seed=3)
-    idx = np.random.default_rng(3).integers(0, 30, size=(200, 30))
+    got = paired_bootstrap(y, p_a, p_b, s_a, s_b, metrics=('auroc', 'accuracy', 'specificity'), n_boot=80, seed=3)
+    idx = np.random.default_rng(3).integers(0, 30, size=(80, 30))
     ref = {'auroc': [], 'accuracy': [], 'specificity': []}
     for i in idx:
         ref['accuracy'].append(skm.accuracy_score(y[i], p_a[i]) - skm.accuracy_score(y[i], p_b[i]))
@@ -318,9 +318,9 @@ def test_multiclass_paired_equals_brute_force_loop():
     y = r.integers(0, 3, 24)
     L_a, L_b = np.round(r.normal(size=(24, 3)) + 1.5 * np.eye(3)[y], 1), np.round(r.normal(size=(24, 3)) + .3 * np.eye(3)[y], 1)
     ms = ('auroc', 'accuracy', 'balanced_accuracy', 'auroc[1]')
-    got = multiclass_paired_bootstrap(y, L_a.argmax(1), L_b.argmax(1), L_a, L_b, metrics=ms, n_boot=60, seed=5)
+    got = multiclass_paired_bootstrap(y, L_a.argmax(1), L_b.argmax(1), L_a, L_b, metrics=ms, n_boot=30, seed=5)
     ref = {k: [] for k in ms}
-    for i in np.random.default_rng(5).integers(0, 24, size=(60, 24)):
+    for i in np.random.default_rng(5).integers(0, 24, size=(30, 24)):
         a = multiclass_metrics(y[i], L_a[i].argmax(1), L_a[i], num_classes=3)
         b = multiclass_metrics(y[i], L_b[i].argmax(1), L_b[i], num_classes=3)
         for k in ms:
@@ -330,7 +330,7 @@ def test_multiclass_paired_equals_brute_force_loop():
         assert (got.loc[k, 'low'], got.loc[k, 'high']) == pytest.approx(tuple(np.percentile(d, [2.5, 97.5])), abs=1e-12)
         assert got.loc[k, 'a'] == multiclass_metrics(y, L_a.argmax(1), L_a)[k]
     ref_acc = [skm.accuracy_score(y[i], L_a[i].argmax(1)) - skm.accuracy_score(y[i], L_b[i].argmax(1))
-               for i in np.random.default_rng(5).integers(0, 24, size=(60, 24))]
+               for i in np.random.default_rng(5).integers(0, 24, size=(30, 24))]
     assert got.loc['accuracy', 'high'] == pytest.approx(np.percentile(ref_acc, 97.5), abs=1e-12)
 
 
@@ -413,24 +413,24 @@ def _same_interval(got, values, k):
 
 def test_bootstrap_ci_without_groups_keeps_the_image_draws():
     y, p, s, *_ = _patients()
-    got = bootstrap_ci(y, p, s, n_boot=150, seed=6)
+    got = bootstrap_ci(y, p, s, n_boot=60, seed=6)
     ref = {k: [] for k in BINARY_METRICS}
-    for i in np.random.default_rng(6).integers(0, len(y), size=(150, len(y))):     # today's index matrix
+    for i in np.random.default_rng(6).integers(0, len(y), size=(60, len(y))):     # today's index matrix
         m = binary_metrics(y[i], p[i], s[i])
         for k in BINARY_METRICS:
             if _defined(k, y[i]): ref[k].append(m[k])
     for k, v in ref.items(): _same_interval(got, v, k)
     assert list(got.columns) == ['value', 'low', 'high', 'n_boot_used', 'resampling', 'n_groups']
     assert (got.resampling == 'image').all() and (got.n_groups == len(y)).all()
-    own = bootstrap_ci(y, p, s, n_boot=150, seed=6, groups=np.arange(len(y)))     # every image its own group: the same draws
+    own = bootstrap_ci(y, p, s, n_boot=60, seed=6, groups=np.arange(len(y)))     # every image its own group: the same draws
     assert own.drop(columns='resampling').equals(got.drop(columns='resampling')) and (own.resampling == 'group').all()
 
 
 def test_bootstrap_ci_groups_equals_brute_force_loop():
     y, p, s, *_, pid = _patients(23, G=7)                                          # few patients: some resamples lack a class
-    got = bootstrap_ci(y, p, s, n_boot=200, seed=3, groups=pid)
+    got = bootstrap_ci(y, p, s, n_boot=80, seed=3, groups=pid)
     ref = {k: [] for k in BINARY_METRICS}
-    for i in _cluster_draws(pid, 200, 3):
+    for i in _cluster_draws(pid, 80, 3):
         m = dict(accuracy=skm.accuracy_score(y[i], p[i]), precision=skm.precision_score(y[i], p[i], zero_division=0),
                  recall=skm.recall_score(y[i], p[i], zero_division=0), f1=skm.f1_score(y[i], p[i], zero_division=0),
                  specificity=skm.recall_score(1 - y[i], 1 - p[i], zero_division=0))
@@ -438,19 +438,19 @@ def test_bootstrap_ci_groups_equals_brute_force_loop():
         m['auroc'] = skm.roc_auc_score(y[i], s[i]) if 0 < y[i].sum() < len(i) else np.nan
         for k in BINARY_METRICS:
             if _defined(k, y[i]): ref[k].append(m[k])
-    assert 0 < len(ref['auroc']) < 200 and 0 < len(ref['recall']) < 200
+    assert 0 < len(ref['auroc']) < 80 and 0 < len(ref['recall']) < 80
     for k, v in ref.items(): _same_interval(got, v, k)
     assert (got.value == bootstrap_ci(y, p, s, n_boot=10).value).all()
     assert (got.resampling == 'group').all() and (got.n_groups == 7).all()
-    assert got.equals(bootstrap_ci(y, p, s, n_boot=200, seed=3, groups=pd.Series(pid, index=np.arange(len(y))[::-1])))
+    assert got.equals(bootstrap_ci(y, p, s, n_boot=80, seed=3, groups=pd.Series(pid, index=np.arange(len(y))[::-1])))
 
 
 def test_paired_bootstrap_groups_equals_brute_force_loop():
     y, p_a, s_a, p_b, s_b, pid = _patients(22)
     ms = ('auroc', 'accuracy', 'recall', 'specificity')
-    got = paired_bootstrap(y, p_a, p_b, s_a, s_b, metrics=ms, n_boot=200, seed=4, groups=list(pid))
+    got = paired_bootstrap(y, p_a, p_b, s_a, s_b, metrics=ms, n_boot=80, seed=4, groups=list(pid))
     ref = {k: [] for k in ms}
-    for i in _cluster_draws(pid, 200, 4):                                           # the same patients for a and b
+    for i in _cluster_draws(pid, 80, 4):                                           # the same patients for a and b
         ref['accuracy'].append(skm.accuracy_score(y[i], p_a[i]) - skm.accuracy_score(y[i], p_b[i]))
         if y[i].sum() > 0: ref['recall'].append(skm.recall_score(y[i], p_a[i]) - skm.recall_score(y[i], p_b[i]))
         if y[i].sum() < len(i):
@@ -465,12 +465,12 @@ def test_multiclass_groups_equal_brute_force_loop():
     *_, pid = _patients(23)
     y = r.integers(0, 3, len(pid))
     L_a, L_b = np.round(r.normal(size=(len(y), 3)) + 1.2 * np.eye(3)[y], 1), np.round(r.normal(size=(len(y), 3)) + .3 * np.eye(3)[y], 1)
-    ci = multiclass_bootstrap_ci(y, L_a.argmax(1), L_a, n_boot=80, seed=2, groups=pid)
+    ci = multiclass_bootstrap_ci(y, L_a.argmax(1), L_a, n_boot=30, seed=2, groups=pid)
     assert (ci.resampling, ci.n_groups) == ('group', 17)
     mp = multiclass_paired_bootstrap(y, L_a.argmax(1), L_b.argmax(1), L_a, L_b, metrics=('auroc', 'f1', 'recall[2]'),
-                                     n_boot=80, seed=2, groups=pid)
+                                     n_boot=30, seed=2, groups=pid)
     vals, diff = {k: [] for k in ci}, {k: [] for k in mp.index}
-    for i in _cluster_draws(pid, 80, 2):
+    for i in _cluster_draws(pid, 30, 2):
         a = multiclass_metrics(y[i], L_a[i].argmax(1), L_a[i], num_classes=3)
         b = multiclass_metrics(y[i], L_b[i].argmax(1), L_b[i], num_classes=3)
         for k, v in a.items():
@@ -482,7 +482,7 @@ def test_multiclass_groups_equal_brute_force_loop():
         assert ci[k][1:] == pytest.approx(tuple(np.percentile(v, [2.5, 97.5])), abs=1e-12), k
     for k, v in diff.items(): _same_interval(mp, v, k)
     assert (mp.resampling == 'group').all() and (mp.n_groups == 17).all()
-    image = multiclass_bootstrap_ci(y, L_a.argmax(1), L_a, n_boot=80, seed=2)
+    image = multiclass_bootstrap_ci(y, L_a.argmax(1), L_a, n_boot=30, seed=2)
     assert (image.resampling, image.n_groups) == ('image', len(y))
     wide, long = multiclass_ci_table({'patients': ci, 'images': image})                 # the tables take it as before
     assert list(wide.columns) == ['patients', 'images'] and len(long) == 2 * len(ci)

@@ -3,29 +3,11 @@ process itself: each notebook then pays for torch, timm and rcdiff once per work
 (about 8 s each on 2 cores). A notebook may change process-wide state (04_dit switches gradients off for its value
 checks); `fresh_process_state` starts each one as a new process would and puts everything back afterwards. Each
 notebook is a class of its own, so that pytest-xdist (`--dist loadscope`) spreads them over the workers."""
-import os
-from contextlib import contextmanager
-
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, fresh_process_state
 
 NBS = sorted((ROOT/'nbs').glob('[0-9][0-9]*_*.ipynb'))
-
-
-@contextmanager
-def fresh_process_state():
-    import numpy as np, torch, matplotlib.pyplot as plt
-    saved = (torch.is_grad_enabled(), torch.get_default_dtype(), torch.get_num_threads(), torch.get_rng_state(),
-             np.random.get_state(), dict(os.environ), os.getcwd())
-    torch.set_grad_enabled(True)
-    try: yield
-    finally:
-        grad, dtype, threads, rng, nprng, env, cwd = saved
-        torch.set_grad_enabled(grad); torch.set_default_dtype(dtype); torch.set_num_threads(threads)
-        torch.set_rng_state(rng); np.random.set_state(nprng); os.chdir(cwd)
-        os.environ.clear(); os.environ.update(env)
-        plt.close('all')
 
 
 def run_notebook(nb, capsys):
