@@ -68,8 +68,8 @@ def notebooks_in_this_process():
     """Let `rcdiff run` execute its experiment notebooks in the test process: papermill as always (parameters injected,
     the executed copy written, a failing cell raised as `PapermillExecutionError`), but with an engine that runs the cells
     in execnb's `CaptureShell` here instead of starting a kernel, which imports torch, timm and rcdiff again (about 12 s
-    of a 2-core machine per notebook). The tests that check what a real kernel does (the console script, a failing
-    notebook, `run_experiments` in 90_report) keep the kernel."""
+    of a 2-core machine per notebook). What only a real kernel shows (that a new process finds the installed
+    package, runs a notebook and writes its copy) is checked by 90_report's `run_experiments` cell and by `run_lessons`."""
     import papermill as pm
     from papermill.engines import Engine, papermill_engines
 
