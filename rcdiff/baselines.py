@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 __all__ = ['ARCHS', 'vit_patch_size', 'make_classifier', 'class_weights', 'ClassifierConfig', 'predict_logits',
            'train_classifier', 'random_resized_crops', 'DINOConfig', 'dino_views', 'block_masks', 'DINO', 'dino_lr',
            'teacher_momentum', 'dino_optimizer', 'dino_step', 'pretrain_dino', 'classifier_from_backbone', 'features',
-           'linear_probe', 'fit_baselines']
+           'linear_probe', 'fit_from_scratch', 'fit_baselines']
 
 # %% ../nbs/09_baselines.ipynb #5ac56de8
 ARCHS = {
@@ -455,29 +455,41 @@ def linear_probe(f_train: torch.Tensor, y_train: torch.Tensor, evaluate: dict, b
     return {k: log_proba(v) for k, v in evaluate.items()}
 
 # %% ../nbs/09_baselines.ipynb #fit-code
+def fit_from_scratch(archs: dict, x_train: torch.Tensor, y_train, x: dict, y: dict, num_classes: int, train: ClassifierConfig,
+                     image_size: int = 64, vit_patch: int | None = None, seed: int = 0) -> dict:
+    """Each classifier of `archs` (row name -> timm architecture, a ViT with patch `vit_patch`) from scratch, trained by
+    `train` with `seed` on (`x_train`, `y_train`), its weights chosen on `x['valid']`, `y['valid']`. Returns row name ->
+    dict(valid=, test= (logits of `x`'s splits), best_epoch=, seconds=)."""
+    out = {}
+    for name, arch in archs.items():
+        t = time.time()
+        m = make_classifier(arch, num_classes, in_chans=x_train.shape[1], image_size=image_size, seed=seed,
+                            **({'patch_size': vit_patch} if arch.startswith('vit') else {}))
+        r = train_classifier(m, x_train, y_train, x['valid'], y['valid'], dataclasses.replace(train, seed=seed))
+        out[name] = dict(valid=predict_logits(r['model'], x['valid']), test=predict_logits(r['model'], x['test']),
+                         best_epoch=r['best_epoch'], seconds=time.time() - t)
+    return out
+
 def fit_baselines(x: dict, y: dict, x_pretrain: torch.Tensor, num_classes: int, train: ClassifierConfig, dino: DINOConfig,
                   cnn: str = 'resnet50', vit: str = 'vit_base', vit_patch: int | None = None, image_size: int = 64,
                   seed: int = 0) -> dict:
     """Table 4's baselines on images `x` = {'train', 'valid', 'test'} with labels `y` = {'train', 'valid'}: `cnn` and `vit`
-    (patch `vit_patch`) from scratch, and DINOv2 (`dino`, its ViT with patch `vit_patch`) pre-trained on the unlabelled
-    `x_pretrain`, then fine-tuned and linearly probed; every model trained by `train` with `seed`. Returns `logits`
-    {row name: dict(valid=, test=, best_epoch=)} (the probe has no epoch), `dino_history` and `seconds` by stage."""
+    (patch `vit_patch`) from scratch (`fit_from_scratch`), and DINOv2 (`dino`, its ViT with patch `vit_patch`)
+    pre-trained on the unlabelled `x_pretrain`, then fine-tuned and linearly probed; every model trained by `train` with
+    `seed`. Returns `logits` {row name: dict(valid=, test=, best_epoch=)} (the probe has no epoch), `dino_history` and
+    `seconds` by stage."""
     ccfg = dataclasses.replace(train, seed=seed)
-    in_chans = x['train'].shape[1]
     logits, seconds = {}, {}
-    def add(name, model, **kw): logits[name] = dict(valid=predict_logits(model, x['valid']), test=predict_logits(model, x['test']), **kw)
-    for label, arch in [('ResNet', cnn), ('ViT', vit)]:
-        t = time.time()
-        m = make_classifier(arch, num_classes, in_chans=in_chans, image_size=image_size, seed=seed,
-                            **({'patch_size': vit_patch} if arch.startswith('vit') else {}))
-        r = train_classifier(m, x['train'], y['train'], x['valid'], y['valid'], ccfg)
-        add(f"{label} ({arch}, from scratch)", r['model'], best_epoch=r['best_epoch'])
-        seconds[label] = time.time() - t
+    scratch = fit_from_scratch({f"ResNet ({cnn}, from scratch)": cnn, f"ViT ({vit}, from scratch)": vit}, x['train'], y['train'],
+                               x, y, num_classes, train, image_size=image_size, vit_patch=vit_patch, seed=seed)
+    for name, r in scratch.items():
+        seconds[name.split(' ')[0]] = r.pop('seconds'); logits[name] = r
     t = time.time()
     pre = pretrain_dino(x_pretrain, dataclasses.replace(dino, image_size=image_size, patch_size=vit_patch, seed=seed))
     seconds['DINOv2 pre-training'] = time.time() - t; t = time.time()
     r = train_classifier(classifier_from_backbone(pre['backbone'], num_classes), x['train'], y['train'], x['valid'], y['valid'], ccfg)
-    add(f"DINOv2 ({dino.arch}, fine-tuned)", r['model'], best_epoch=r['best_epoch'])
+    logits[f"DINOv2 ({dino.arch}, fine-tuned)"] = dict(valid=predict_logits(r['model'], x['valid']), test=predict_logits(r['model'], x['test']),
+                                                       best_epoch=r['best_epoch'])
     f = {s: features(pre['backbone'], x[s]) for s in ('train', 'valid', 'test')}
     lp = linear_probe(f['train'], y['train'], {'valid': f['valid'], 'test': f['test']}, seed=seed)
     logits[f"DINOv2 ({dino.arch}, linear probe)"] = dict(valid=lp['valid'], test=lp['test'])

@@ -5,18 +5,22 @@
 # %% ../nbs/16_dcube.ipynb #d4b204ae
 from __future__ import annotations
 import copy, math, time
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass, asdict, replace
+from pathlib import Path
 import numpy as np, pandas as pd, torch, torch.nn as nn, torch.nn.functional as F
 from .losses import cycle_loss, consistency_loss, dcube_loss
-from .metrics import logits_auroc
+from .metrics import logits_auroc, fmt_ci
+from .uvit import uvit
 
 # %% auto #0
-__all__ = ['null_label', 'FeatureCache', 'extract_features', 'Step1Config', 'train_step1', 'SubFeatures', 'DCube', 'DCubeConfig',
-           'predict_dcube', 'train_dcube', 'split_features', 'gaussianity_features', 'synthetic_labels']
+__all__ = ['ABLATION', 'null_label', 'FeatureCache', 'extract_features', 'Step1Config', 'train_step1', 'SubFeatures', 'DCube',
+           'DCubeConfig', 'predict_dcube', 'train_dcube', 'split_features', 'gaussianity_features', 'synthetic_labels',
+           'fit_step1_pair', 'plot_step1', 'fit_ablation', 'summary_text', 'findings']
 
 # %% ../nbs/16_dcube.ipynb #fc9dacc5
 __all__ = ['FeatureCache', 'extract_features', 'SubFeatures', 'DCube', 'DCubeConfig', 'train_dcube', 'predict_dcube',
-           'null_label', 'Step1Config', 'train_step1', 'split_features', 'gaussianity_features', 'synthetic_labels']
+           'null_label', 'Step1Config', 'train_step1', 'split_features', 'gaussianity_features', 'synthetic_labels',
+           'fit_step1_pair', 'plot_step1', 'ABLATION', 'fit_ablation', 'summary_text', 'findings']
 
 def null_label(model) -> int:
     "The index of the null (unconditional) class token of a U-ViT trained with label dropout: its last embedding row."
@@ -298,3 +302,108 @@ def synthetic_labels(y, num_classes: int, fraction: float) -> torch.Tensor:
     n = torch.bincount(torch.as_tensor(y).long(), minlength=num_classes)
     need = (torch.ceil(fraction * n.max()) - n).clamp(min=0).long()
     return torch.cat([torch.full((int(k),), c) for c, k in enumerate(need)]).long()
+
+# %% ../nbs/16_dcube.ipynb #pair-code
+def fit_step1_pair(x: torch.Tensor, y, num_classes: int, nnet: str, cfg: Step1Config, diffusion=None, *, image_size: int,
+                   patch: int | None = None, seed: int = 0, ckpt_dir=None) -> dict:
+    """Step 1 from one seed with λ = `cfg.contrastive` ('contrastive') and with λ = 0 ('plain'), on U-ViTs `nnet` with
+    `num_classes + 1` label rows (the last: the null class). Each is saved to `ckpt_dir/uvit_<key>.pt` (arch and state
+    dict; an existing file is never overwritten). Returns key -> `train_step1`'s result."""
+    arch = dict(img_size=image_size, in_chans=x.shape[1], num_classes=num_classes + 1, null_class=True, seed=seed,
+                **({'patch_size': patch} if patch else {}))
+    out = {}
+    for key, lam in (('contrastive', cfg.contrastive), ('plain', 0.0)):
+        t, net = time.time(), uvit(nnet, **arch)
+        out[key] = train_step1(net, x, y, replace(cfg, contrastive=lam, seed=seed), diffusion)
+        if ckpt_dir is not None and not (ck := Path(ckpt_dir)/f'uvit_{key}.pt').exists():
+            ck.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(dict(arch=dict(config=nnet, **arch), state_dict=net.state_dict()), ck)
+        print(f"λ = {lam}: {cfg.steps} steps in {time.time() - t:.0f} s")
+    return out
+
+def plot_step1(step1: dict):
+    "The ε-MSE (Eq. 3) and the contrastive loss (Eq. 4) of each step-1 model, moving means of 25 steps."
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.2))
+    for k, r in step1.items():
+        h = r['history']
+        ax[0].plot(h.step, h.mse.rolling(25, min_periods=1).mean(), label=k)
+        ax[1].plot(h.step, h.contrastive.rolling(25, min_periods=1).mean(), label=k)
+    ax[0].set(xlabel='step', ylabel='ε-MSE (Eq. 3), both inputs', yscale='log', title='step 1')
+    ax[1].set(xlabel='step', ylabel='contrastive (Eq. 4)'); ax[0].legend()
+    return fig
+
+ABLATION = {  # row: (step-1 model, blocks, cycle, consistency, sub-features); blocks: 'last', 'best' or 'worst'
+    'baseline (ε-MSE model, last block, CE)': ('plain', 'last', False, False, False),
+    '+ contrastive (Eq. 5)': ('contrastive', 'last', False, False, False),
+    '+ feature selection (Eq. 6)': ('contrastive', 'best', False, False, False),
+    '+ cycle & consistency (Eqs. 7-8)': ('contrastive', 'best', True, True, False),
+    '+ sub-features = D-Cube': ('contrastive', 'best', True, True, True),
+    'D-Cube, worst selection': ('contrastive', 'worst', True, True, True)}
+
+def fit_ablation(models: dict, x: dict, y: dict, num_classes: int, blocks: dict, cfg: DCubeConfig, *, resnet: str = 'resnet18',
+                 resnet_weights=None, seed: int = 0, rows: dict = ABLATION) -> dict:
+    """Step 2 for every row of `rows` on the frozen step-1 `models` ('plain', 'contrastive'): features of the train, valid
+    and test images of `x` extracted once per (model, blocks) (`split_features`, seed `seed`), a `DCube` trained by
+    `train_dcube` with `cfg` and the row's losses. `blocks` maps 'last', 'best', 'worst' to block names. Returns row ->
+    `train_dcube`'s result with `logits` (split -> array, valid and test) and `blocks`."""
+    cache, fits = {}, {}
+    for name, (mk, which, cycle, consistency, sub) in rows.items():
+        t, key = time.time(), (mk, tuple(blocks[which]))
+        if key not in cache: cache[key] = split_features(models[mk], x, key[1], seed=seed)
+        F_ = cache[key]
+        clf = DCube(F_['train'].feats.shape[1], num_classes, F_['train'].feats.shape[-1], use_sub=sub, resnet=resnet,
+                    resnet_weights=resnet_weights, seed=seed)
+        r = train_dcube(clf, F_['train'], x['train'], y['train'], F_['valid'], x['valid'], y['valid'],
+                        replace(cfg, cycle=cycle, consistency=consistency, seed=seed), diffusion_model=models[mk])
+        fits[name] = dict(r, logits={s: predict_dcube(r['model'], F_[s], x[s]).numpy() for s in ('valid', 'test')}, blocks=list(key[1]))
+        print(f"{name}: valid AUROC {r['best_metric']:.3f} at epoch {r['best_epoch']} (select: {cfg.select}; {time.time() - t:.0f} s)")
+    return fits
+
+# %% ../nbs/16_dcube.ipynb #words-code
+def summary_text(summary: dict, probe: pd.DataFrame, baselines, counts: str) -> str:
+    """What experiment 04 prints from its `summary`: Tables II and IV, one-class rules, Tables VI and III, the contrastive
+    `probe` (`rcdiff.losses.contrastive_probe` of both step-1 models), Table V and the seconds."""
+    task, row = summary['task'], lambda n, d: f"{n:>40}: accuracy {d['accuracy']:.3f}, macro F1 {d['f1']:.3f}, macro AUROC {d['auroc']:.3f}"
+    out = [f"{len(task['classes'])} classes ({', '.join(task['classes'])}), {task['n_test']} test images ({counts}); macro metrics, test split", '']
+    out += [row(n, d) for n, d in summary['table2'].items()] + ['', 'ablation (Table IV):'] + [row(n, d) for n, d in summary['table4'].items()]
+    out += [f"{n}: its calibrated rule calls every test image {c!r} (one class for all)" for n, c in summary['one_class_decisions'].items()]
+    b, w = summary['table6'].values()
+    out += ['', f"best vs worst selection (Table VI): macro AUROC {b['auroc']:.3f} vs {w['auroc']:.3f}; "
+                f"blocks {summary['selected_blocks']} vs {summary['gaussian_blocks']}"]
+    for n in baselines:
+        a, s = summary['table3'][n], summary['table3'][n + ' + Syn']
+        out.append(f"{n} + {summary['synthetic_images']} synthetic images (Table III): macro F1 {a['f1']:.3f} → {s['f1']:.3f}, "
+                   f"macro recall {a['recall']:.3f} → {s['recall']:.3f}")
+    pr = probe['contrastive (Eq. 4)']
+    out += ['', f"Eq. (4) on valid pairs, contrastive model: {pr[('contrastive', 'true class')]:.3f} told the true classes, "
+                f"{pr[('contrastive', 'null class')]:.3f} told the null class (plain model: {pr[('plain', 'true class')]:.3f} / "
+                f"{pr[('plain', 'null class')]:.3f})", '']
+    fid = {r['class']: (round(r['U-ViT (step 1)'], 1), round(r['U-ViT (step 1) w/ contrastive'], 1)) for r in summary['table5']}
+    return '\n'.join(out + [f'per-class FID (Table V), plain → contrastive: {fid}', '', f"seconds: {summary['seconds']}"])
+
+def findings(cis2: dict, cis4: dict, cis6: dict, valid_auroc: dict, baselines, one_class: dict, n_test: int, unit: str,
+             counts: str, valid_short: str = '') -> str:
+    """The closing paragraph of experiment 04 from the test intervals of Tables II, IV and VI (row -> metric -> (value,
+    low, high), 'D-Cube' a row of `cis2`) and the `valid_auroc` of each ablation row."""
+    auc = lambda cis, n: [float(v) for v in cis[n]['auroc']]
+    best_b = max(baselines, key=lambda n: auc(cis2, n)[0])
+    found = [f"On {n_test} test images (intervals over {unit}; {counts}), D-Cube reaches macro AUROC {fmt_ci(*auc(cis2, 'D-Cube'))} "
+             f"against {fmt_ci(*auc(cis2, best_b))} for the best baseline, {best_b}."]
+    rows4 = list(cis4)
+    gain = {rows4[i]: auc(cis4, rows4[i])[0] - auc(cis4, rows4[i - 1])[0] for i in range(1, len(rows4))}
+    top = max(gain, key=gain.get)
+    found.append(f"In the ablation the largest step is '{top}' ({gain[top]:+.3f} macro AUROC); the diffusion features alone "
+                 f"(the rows without sub-features) reach at most {max(auc(cis4, n)[0] for n in rows4[:-1]):.3f}.")
+    v_top, t_top = max(rows4, key=lambda n: valid_auroc[n]), max(rows4, key=lambda n: auc(cis4, n)[0])
+    if v_top != t_top:
+        found.append(f"Valid and test disagree on the best ablation row: valid ranks '{v_top}' first "
+                     f"({valid_auroc[v_top]:.3f}), test '{t_top}' ({auc(cis4, t_top)[0]:.3f}).")
+    b6, w6 = (auc(cis6, n)[0] for n in cis6)
+    verdict6 = 'no difference (< .01)' if abs(b6 - w6) < .01 else 'as the paper reports' if b6 > w6 else 'the opposite of the paper'
+    found.append(f"Table VI: the non-Gaussian blocks give {b6:.3f} and the Gaussian ones {w6:.3f}: {verdict6} at this scale.")
+    if one_class:
+        found.append(f"{len(one_class)} classifier(s) call every test image one class after calibration ({', '.join(one_class)}); "
+                     "only their AUROC carries information.")
+    if valid_short: found.append(f"The valid split is too small to choose ({valid_short}): every epoch was the last one.")
+    return ' '.join(found)
