@@ -427,6 +427,11 @@ def _check_values(cfg: Config, names, log):
         else:
             if note: log(note)
             d.image_size = size
+    if not bad:   # image-space models cut the images into patches: refuse a side that is not a multiple of theirs now
+        patches = {**({'baselines.vit_patch (the ViT baselines)': cfg.baselines.vit_patch} if {'02_classify', '04_dcube'} & set(names) else {}),
+                   **({'dcube.patch (the U-ViT of 04_dcube)': cfg.dcube.patch} if '04_dcube' in names and cfg.dcube.patch else {})}
+        bad += [f"image_size {d.image_size} is not a multiple of {k} = {p}: give e.g. -p data.image_size={-(-d.image_size // p) * p}"
+                for k, p in patches.items() if d.image_size % p]
     if bad: raise RunError(bad)
 
 def _positive(report, cfg: Config) -> dict:

@@ -157,3 +157,12 @@ def test_phantom_cache_key_includes_the_format(monkeypatch):
     assert phantom_cache_folder('tiny', 0, {'size': 32}) != a
     with pytest.raises(RunError, match="unknown phantom preset 'huge'"):
         phantom_cache_folder('huge')
+
+
+def test_runner_refuses_an_image_size_the_patch_models_cannot_cut(tmp_path):
+    "04_dcube's U-ViT and the ViT baselines cut images into patches: a side they cannot cut is refused before any notebook."
+    with pytest.raises(RunError) as e:
+        run_experiments(data=npz(tmp_path/'m.npz'), out=tmp_path/'r', only=['dcube'], params={'data.image_size': 28},
+                        progress=False, log=lambda m: None)
+    assert 'image_size 28 is not a multiple of dcube.patch (the U-ViT of 04_dcube) = 16: give e.g. -p data.image_size=32' in str(e.value)
+    assert 'baselines.vit_patch' in str(e.value) and not (tmp_path/'r').exists()
