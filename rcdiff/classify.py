@@ -16,8 +16,8 @@ from .diffusion import Diffusion, eps_part
 # %% auto #0
 __all__ = ['WEIGHTINGS', 'DC_VARIANTS', 'DC_FIXED_VARIANT', 'van_der_corput_order', 'NoiseBank', 'make_bank', 'ErrorMatrix',
            'class_errors', 'naive_errors', 't_weights', 'scores', 'predict', 'choose_t_band', 'dc_classifiers',
-           'auroc_by_t', 'nearest_class_mean_score', 'adaptive_classify', 'GaussianDenoiser', 'error_matrices',
-           'DCMetric']
+           'auroc_by_t', 'z0_by_label', 'plot_z0_by_label', 'nearest_class_mean_score', 'adaptive_classify',
+           'GaussianDenoiser', 'error_matrices', 'DCMetric']
 
 # %% ../nbs/08_classify.ipynb #68052415
 def van_der_corput_order(n: int) -> list[int]:
@@ -270,6 +270,56 @@ def auroc_by_t(errors: dict, y, auroc) -> tuple:
                 cum.append(dict(model=name, t_max=t_, auroc_eps=auroc(-scores(E, 'eps', t_max=t_), y),
                                 auroc_z0=auroc(-scores(E, 'z0', t_max=t_), y)))
     return pd.DataFrame(per_t), pd.DataFrame(cum)
+
+# %% ../nbs/08_classify.ipynb #z0l-code
+@torch.no_grad()
+def z0_by_label(model, z0: torch.Tensor, ts, num_classes: int, diffusion: Diffusion | None = None, seed: int = 0) -> tuple:
+    """Eq. (3) under every label, for latents `z0` (N, C', h, w) at the timesteps `ts`, with one ε per image shared over t
+    and classes: `(z_t, z0p, eps)`, z_t of shape (len(ts), N, C', h, w), z0p of shape (num_classes, len(ts), N, C', h, w)."""
+    diffusion, model = diffusion or Diffusion(), _model_fn(model)
+    dev, z0 = _device(model, None), z0.float().cpu()
+    eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed))
+    tt = [torch.full((len(z0),), int(t)) for t in ts]
+    zt = torch.stack([diffusion.q_sample(z0, t, eps) for t in tt])                   # z_t = γ_t z0 + δ_t ε
+    z0p = torch.empty(num_classes, *zt.shape)
+    for j, t in enumerate(tt):
+        for c in range(num_classes):
+            out = model(zt[j].to(dev), t.to(dev), torch.full((len(z0),), c, device=dev)).float().cpu()
+            z0p[c, j] = diffusion.z0_from_eps(zt[j], t, eps_part(out, z0.shape[1]))    # Eq. (3)
+    return zt, z0p, eps
+
+def plot_z0_by_label(models: dict, z0: torch.Tensor, y, classes, ts, decode, diffusion: Diffusion | None = None, seed: int = 0):
+    """Figure: for each denoiser of `models` ({name: model}) and each latent of `z0` (true labels `y`), z_t over `ts`, z0'
+    under each of `classes` (decoded by `decode`, first channel) and, last column, the map of the ε error under that
+    label minus its mean over the labels (channels summed, mean over `ts`; one colour scale per image)."""
+    import matplotlib.pyplot as plt
+    diffusion, C, n, T = diffusion or Diffusion(), len(classes), len(z0), len(ts)
+    rows = len(models) * n * (1 + C)
+    fig, axes = plt.subplots(rows, T + 1, figsize=(1.3 * (T + 1), 1.3 * rows), squeeze=False)
+    show = lambda a, im, **kw: a.imshow(im.numpy(), **kw)
+    gray = dict(cmap='gray', vmin=-1, vmax=1)
+    r = 0
+    for name, m in models.items():
+        zt, z0p, eps = z0_by_label(m, z0, ts, C, diffusion, seed)
+        t_ = torch.tensor([int(t) for t in ts]).repeat_interleave(n)
+        eps_err = torch.stack([(eps.repeat(T, 1, 1, 1) - diffusion.eps_from_z0(zt.flatten(0, 1), t_, z0p[c].flatten(0, 1))
+                                ).pow(2).sum(1).unflatten(0, (T, n)).mean(0) for c in range(C)])   # (C, N, h, w)
+        diff_map = eps_err - eps_err.mean(0, keepdim=True)
+        for i in range(n):
+            lim = float(diff_map[:, i].abs().max()) or 1.
+            for k, z in enumerate([zt[:, i]] + [z0p[c, :, i] for c in range(C)]):
+                im = decode(z)[:, 0].clamp(-1, 1)
+                for j in range(T): show(axes[r + k, j], im[j], **gray)
+                if k == 0: show(axes[r, T], decode(z0[i:i + 1].float())[0, 0].clamp(-1, 1), **gray)
+                else: show(axes[r + k, T], diff_map[k - 1, i], cmap='coolwarm', vmin=-lim, vmax=lim)
+            axes[r, 0].set_ylabel(f"{name}\n{classes[int(y[i])]}: z_t", fontsize=7)
+            for c in range(C): axes[r + 1 + c, 0].set_ylabel(f"z0' | {classes[c]}\nε err {float(eps_err[c, i].mean()):.3g}", fontsize=7)
+            r += 1 + C
+    for j, t in enumerate(ts): axes[0, j].set_title(f't = {int(t)}', fontsize=8)
+    axes[0, T].set_title('z0 / Δ ε error', fontsize=8)
+    for a in axes.flat: a.set_xticks([]); a.set_yticks([])
+    fig.tight_layout()
+    return fig
 
 # %% ../nbs/08_classify.ipynb #ncm-code
 def nearest_class_mean_score(z_train, y_train, z, positive: int = 1) -> np.ndarray:

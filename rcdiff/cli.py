@@ -56,7 +56,7 @@ def check_data(
 
 # %% ../nbs/91_cli.ipynb #2c1b5306
 def run(
-    preset: Param("a preset of rcdiff.config: tiny (CPU, minutes), paper (GPU), smoke (tests, seconds)", str)='tiny',
+    preset: Param("a preset of rcdiff.config: tiny (CPU, minutes), small (CPU, about an hour; each method working), paper (GPU), smoke (tests, seconds)", str)='tiny',
     data: Param("labels.csv or .npz of your own data (default: the embedded phantom)", str)=None,
     out: Param("run folder to create (default: reports/<preset>-<time>); never overwritten", str)=None,
     only: Param("run only these experiments (e.g. 00_data or data)", str, nargs='+')=None,

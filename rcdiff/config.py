@@ -83,8 +83,9 @@ class GenerateConfig:
     steps: int = 50                    # sampler steps
     weights: str = 'auto'              # ema, raw, or auto: the EMA unless it still holds > 5 % of the initial weights
     batch_size: int = 100              # latents per sampler batch (the samples do not depend on it)
-    partial_t: int = 100               # Fig. 7: the timestep partial denoising starts from
+    partial_t: list[int] = field(default_factory=lambda: [100, 300, 500])  # Fig. 7: the timesteps partial denoising starts from
     partial_images: int = 3            # Fig. 7: rows
+    snapshots: list[float] = field(default_factory=list)  # fractions of pretrain.steps at which 01_pretrain keeps the unconditional LDT and 03_generate scores it (quality against steps)
 
 @dataclass
 class FIDConfig:
@@ -205,6 +206,17 @@ class Config:
 # %% ../nbs/17_config.ipynb #bd8b9d7f
 PRESETS: dict[str, dict] = {
     'tiny': {},    # the defaults of Config
+    'small': {
+        # every method visibly working in about an hour on 2 CPU cores, minutes on one GPU (issue 19); chosen on valid
+        # by bench/diagnostics/small_design.py and small_pretune.py: an 8x8 token grid (DiT-XS/2 on 4x16x16 latents;
+        # tiny's XS/4 sees 4x4 tokens and stays near chance), batches of 64, left-right flips (on by default everywhere)
+        'pretrain': {'model': 'DiT-XS/2', 'steps': 1000, 'batch_size': 64, 'ckpt_every': 500},
+        'tune': {'steps': 600, 'batch_size': 64, 'eval_every': 100},
+        'bank': {'n_t': 16, 'valid_n_t': 10},
+        'baselines': {'train': {'epochs': 15}},
+        'dino': {'steps': 200},
+        'generate': {'samples': 500, 'snapshots': [0.25, 0.5]},
+    },
     'paper': {
         # RC-LDT Table 2: DiT-B/2, batch 16, lr 1e-4 on 4x32x32 latents (give the SD-VAE folder as tokenizer.name;
         # the PCA default with 8-px patches has the same latent shape). Steps, EMA, encoder size: our choices.
@@ -244,7 +256,7 @@ PRESETS: dict[str, dict] = {
         'baselines': {'train': {'epochs': 1}},
         'dino': {'steps': 1},
         'n_boot': 50,
-        'generate': {'samples': 6, 'steps': 2, 'partial_t': 5, 'partial_images': 1},
+        'generate': {'samples': 6, 'steps': 2, 'partial_t': [5], 'partial_images': 1},
         'fid': {'batch_size': 8},
         'figures': {'samples_per_cell': 1},
         'dcube': {'step1': {'steps': 3}, 'ks_images': 8, 'step2': {'epochs': 1}, 'dc_n_t': 2, 'fid_per_class': 3,

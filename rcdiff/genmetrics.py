@@ -10,7 +10,7 @@ from scipy import linalg
 
 # %% auto #0
 __all__ = ['feature_stats', 'frechet_distance', 'manifold_radii', 'precision_recall', 'inception_score', 'fid_from_features',
-           'generation_metrics']
+           'generation_metrics', 'plot_quality_vs_steps']
 
 # %% ../nbs/12_genmetrics.ipynb #c55e43f2
 def _features(a, name: str) -> np.ndarray:
@@ -110,3 +110,19 @@ def generation_metrics(ref: dict, samples: dict, k: int = 3, split_size: int = 5
     probs = samples.get('probs')
     return dict(n_samples=len(samples['pool3']), n_ref=len(ref['pool3']), fid=fid, sfid=sfid,
                 inception_score=None if probs is None else inception_score(probs, split_size), precision=prec, recall=rec)
+
+# %% ../nbs/12_genmetrics.ipynb #gq-code
+def plot_quality_vs_steps(quality, floor: dict, label: str = 'samples'):
+    """Figure: FID, precision and recall of `quality` (a DataFrame indexed by training step with those columns) against
+    the step, each with the real-vs-real value of `floor` (a mapping with the same keys) dotted."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax[0].plot(quality.index, quality['fid'], 'o-', color='tab:orange', label=label)
+    ax[0].axhline(floor['fid'], color='k', ls=':', lw=1, label='real vs real')
+    ax[0].set(xlabel='training step', ylabel='FID', yscale='log', title='FID against steps')
+    for c, mk, col in (('precision', 'o-', 'tab:blue'), ('recall', 's--', 'tab:green')):
+        ax[1].plot(quality.index, quality[c], mk, color=col, label=c); ax[1].axhline(floor[c], color=col, ls=':', lw=1)
+    ax[1].set(xlabel='training step', ylim=(-0.02, 1.02), title='precision and recall (dotted: real vs real)')
+    for a in ax: a.legend(fontsize=7, loc='best')
+    fig.tight_layout()
+    return fig

@@ -225,7 +225,8 @@ def claims_table(y_true, classifiers: dict, claims, metrics=('auroc', 'accuracy'
                  positive: int = 1, positive_name=None, groups=None) -> pd.DataFrame:
     """One row per (claim, metric) for claims `(claim_text, name_a, name_b)` = "a is better than b": `value_a`, `value_b`,
     `difference` a − b and its paired interval `low`, `high` (`paired_bootstrap`, the same `seed` for every claim),
-    `verdict` (holds / refuted / unresolved), `n_test`, `n_positive`, `positive_class`, and what was resampled:
+    `verdict` (holds / refuted / unresolved; 'degenerate' for a metric of the decisions when a and b each call every
+    image one class, so their decisions carry no comparison), `n_test`, `n_positive`, `positive_class`, and what was resampled:
     `resampling` ('image', or 'group' with `groups`, e.g. patient ids) and `n_groups`."""
     claims = [tuple(c) for c in claims]
     for c in claims:
@@ -240,8 +241,9 @@ def claims_table(y_true, classifiers: dict, claims, metrics=('auroc', 'accuracy'
         ca, cb = classifiers[a], classifiers[b]
         pb = paired_bootstrap(y_true, ca['pred'], cb['pred'], ca.get('score'), cb.get('score'), metrics, n_boot,
                               seed=seed, positive=positive, groups=groups)
+        one_class = all(len(np.unique(np.asarray(c['pred']))) == 1 for c in (ca, cb))
         rows += [dict(claim=text, a=a, b=b, metric=m, value_a=r.a, value_b=r.b, difference=r.difference, low=r.low,
-                      high=r.high, verdict=verdict(r.low, r.high), n_test=int(r.n_images), n_positive=int(r.n_positive),
+                      high=r.high, verdict='degenerate' if one_class and m != 'auroc' else verdict(r.low, r.high), n_test=int(r.n_images), n_positive=int(r.n_positive),
                       positive_class=positive if positive_name is None else positive_name, resampling=r.resampling,
                       n_groups=int(r.n_groups)) for m, r in pb.iterrows()]
     return pd.DataFrame(rows, columns=['claim', 'a', 'b', 'metric', 'value_a', 'value_b', 'difference', 'low', 'high',

@@ -18,8 +18,9 @@ from .train import CKPT_NAME, TrainConfig, load_checkpoint
 
 # %% auto #0
 __all__ = ['IMAGE_SUFFIXES', 'generate', 'labels_from_balance', 'RealRepresentations', 'pick_indices', 'representations',
-           'representations_from_real', 'partial_denoise', 'decode_images', 'to_uint8_nhwc', 'SamplesError',
-           'check_samples', 'save_samples', 'load_samples', 'load_image_folder', 'Pretrained', 'load_generator']
+           'representations_from_real', 'partial_denoise', 'decode_images', 'to_uint8_nhwc', 'image_grid',
+           'SamplesError', 'check_samples', 'save_samples', 'load_samples', 'load_image_folder', 'Pretrained',
+           'load_generator']
 
 # %% ../nbs/11_sample.ipynb #c32605db
 def _sample_seeds(seed: int, tag: str, lo: int, hi: int) -> list[int]:
@@ -205,6 +206,22 @@ def to_uint8_nhwc(images, rgb: bool = False) -> np.ndarray:
     if rgb and u.shape[-1] == 1: u = np.repeat(u, 3, axis=-1)
     return np.ascontiguousarray(u)
 
+# %% ../nbs/11_sample.ipynb #ig-code
+def image_grid(images, col_titles=None, row_labels=None, size: float = 1.3, fontsize: int = 7):
+    """Figure of `images[r][c]` ((C, H, W) or (H, W) tensors or arrays in [-1, 1]; channels averaged, grey), `col_titles`
+    over the first row and `row_labels` beside the first column."""
+    import matplotlib.pyplot as plt
+    R, C = len(images), max(len(r) for r in images)
+    fig, axes = plt.subplots(R, C, figsize=(size * C, size * R + 0.2), squeeze=False)
+    for a in axes.flat: a.set_xticks([]); a.set_yticks([])
+    for r, row in enumerate(images):
+        for c, im in enumerate(row):
+            im = np.asarray(im.detach().cpu() if torch.is_tensor(im) else im, dtype=np.float32)
+            axes[r, c].imshow(im.mean(0) if im.ndim == 3 else im, cmap='gray', vmin=-1, vmax=1)
+    for c, t in enumerate(col_titles or []): axes[0, c].set_title(t, fontsize=fontsize)
+    for r, t in enumerate(row_labels or []): axes[r, 0].set_ylabel(t, fontsize=fontsize)
+    return fig
+
 # %% ../nbs/11_sample.ipynb #2203ba2a
 class SamplesError(ValueError):
     "A samples file, array or image folder that is not N ≥ 2 uint8 images (N, H, W, C) with C = 1 or 3."
@@ -278,12 +295,15 @@ class Pretrained(NamedTuple):
     cfg: TrainConfig
     step: int
     path: Path                             # the checkpoint file
+    weights: str = ''                      # which weights, in words: 'EMA (decay 0.999, step 1000: 36.8% initial weights left)'
 
-def load_generator(folder, cond: str | None = None, ema: bool = True, device='cpu') -> Pretrained:
-    """The generator of a pre-training run: its EMA DiT in eval mode (`ema=False`: the raw weights), and for
-    cond='representation' the encoder that goes with it. `folder`: a checkpoint file, a folder holding one
-    (`checkpoints/<cond>`), or a run folder together with `cond`. Warns when the EMA still holds over 5 % of the
-    initial weights (decay^step): a DiT starts from a zero output, so such an EMA under-predicts the noise."""
+def load_generator(folder, cond: str | None = None, ema: bool | str = True, device='cpu') -> Pretrained:
+    """The generator of a pre-training run: its EMA DiT in eval mode (`ema=False`: the raw weights; `ema='auto'`: the
+    EMA unless it still holds over 5 % of the initial weights), and for cond='representation' the encoder that goes
+    with it. `folder`: a checkpoint file, a folder holding one (`checkpoints/<cond>`), or a run folder together with
+    `cond`. Warns when an EMA asked for still holds over 5 % of the initial weights (decay^step): a DiT starts from a
+    zero output, so such an EMA under-predicts the noise."""
+    if ema not in (True, False, 'auto'): raise ValueError(f"ema must be True, False or 'auto', not {ema!r}")
     p = Path(folder)
     if cond is not None and p.is_dir() and (p/'checkpoints'/cond/CKPT_NAME).exists(): p = p/'checkpoints'/cond
     if p.is_dir(): p = p/CKPT_NAME
@@ -293,8 +313,10 @@ def load_generator(folder, cond: str | None = None, ema: bool = True, device='cp
     ck = load_checkpoint(p, device=device)
     if cond is not None and ck.cfg.cond != cond: raise ValueError(f"'{p}' holds a cond={ck.cfg.cond!r} model, not {cond!r}")
     left = ck.cfg.ema_decay ** ck.step
-    if ema and left > 0.05:
+    if ema == 'auto': ema = left <= 0.05
+    elif ema and left > 0.05:
         warnings.warn(f"the EMA of '{p}' still holds {left:.0%} of the initial weights (decay {ck.cfg.ema_decay} over "
                       f"{ck.step} steps): its samples are unreliable; consider ema=False")
     model, enc = (ck.ema, ck.ema_encoder) if ema else (ck.model, ck.encoder)
-    return Pretrained(model.eval(), enc.eval() if enc is not None else None, ck.cfg.cond, ck.cfg, ck.step, p)
+    words = f"{'EMA' if ema else 'raw'} (EMA decay {ck.cfg.ema_decay}, step {ck.step}: {left:.1%} initial weights left)"
+    return Pretrained(model.eval(), enc.eval() if enc is not None else None, ck.cfg.cond, ck.cfg, ck.step, p, words)

@@ -114,12 +114,16 @@ def plot_gaussianity(table: pd.DataFrame, ax=None, alpha: float | None = None, t
     k = table.kept.to_numpy(bool)
     ax2.scatter(x[k], p[k], marker='*', s=120, color='gold', edgecolor='k', lw=.5, zorder=3, label='kept (p ≤ α)')
     ax2.scatter(x[~k], p[~k], marker='x', s=50, color='red', zorder=3, label='dropped (Gaussian)')
-    ax2.axhline(alpha, color='grey', ls='--', lw=.8); ax2.set_yscale('log'); ax2.set_ylabel('p-value')
-    lo, hi = np.log10(min(p.min(), alpha)), np.log10(max(p.max(), alpha))
-    ax2.set_ylim(10 ** (lo - 0.05 * (hi - lo + 1)), 10 ** (hi + 0.35 * (hi - lo + 1)))   # headroom for the legend
-    ax.set_ylim(0, 1.4 * max(table.statistic.max(), 1e-3))
-    ax2.legend(loc='upper center', ncol=2, fontsize=7, frameon=False)
-    ax.set_title(title or f"Gaussianity per block (KS, n = {table.attrs.get('n_values', '?')}, α = {alpha})", fontsize=9)
+    ax2.axhline(alpha, color='tab:red', ls='--', lw=.8); ax2.set_yscale('log')
+    ax2.set_ylabel('p-value (markers, log scale)', color='tab:red'); ax2.tick_params(axis='y', colors='tab:red')
+    ax2.annotate(f'α = {alpha}', (1, alpha), xycoords=('axes fraction', 'data'), xytext=(-2, 3), textcoords='offset points',
+                 ha='right', va='bottom', fontsize=7, color='tab:red')
+    lo = np.log10(min(p.min(), alpha))
+    ax2.set_ylim(10 ** (lo - 0.05 * (1 - lo)), 1.5)                 # p-values end at 1
+    ax.set_ylim(0, 1.1 * max(table.statistic.max(), 1e-3))
+    h1, l1 = ax.get_legend_handles_labels(); h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, loc='lower center', bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=7, frameon=False)
+    ax.set_title(title or f"Gaussianity per block (KS, n = {table.attrs.get('n_values', '?')}, α = {alpha})", fontsize=9, pad=20)
     return ax
 
 # %% ../nbs/15_selection.ipynb #4b5bd629

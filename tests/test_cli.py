@@ -72,7 +72,7 @@ def test_run_rejects_unknown_parameters_before_doing_anything(png_dataset, tmp_p
 def test_run_rejects_unknown_preset_and_experiment(png_dataset, tmp_path):
     assert main(['run', '--preset', 'huge']) == 1
     r = _cli('run', '--preset', 'huge', '--out', tmp_path/'h')
-    assert r.returncode == 1 and "unknown preset 'huge' (known: tiny, paper, smoke" in r.stderr
+    assert r.returncode == 1 and "unknown preset 'huge' (known: tiny, small, paper, smoke" in r.stderr
     r = _cli('run', '--data', png_dataset, '--out', tmp_path/'r', '--only', 'nosuch')
     assert r.returncode == 1 and "unknown experiment 'nosuch'" in r.stderr
 
@@ -311,7 +311,8 @@ class TestSmokeRun:
         c = m['02_classify']
         assert c['test_images'] == 30 and len(c['table4_raw']) == 8         # 3 baselines, 2 x Zero (Eq. 4), 3 x DC chosen on valid
         claims = pd.read_csv(out/'tables'/'claims.csv')
-        assert len(claims) == 14 and set(claims.verdict) <= {'holds', 'refuted', 'unresolved'} and (claims.n_test == 30).all()
+        assert len(claims) == 14 and set(claims.verdict) <= {'holds', 'refuted', 'unresolved', 'degenerate'} and (claims.n_test == 30).all()
+        assert set(claims.verdict[claims.metric == 'auroc']) <= {'holds', 'refuted', 'unresolved'}     # an AUROC is never degenerate
         assert (claims.positive_class == 'hematoma').all() and (claims.low <= claims.high).all()
         miss = pd.read_csv(out/'tables'/'recall_by_subgroup.csv')
         assert 'hematoma_type' in set(miss.column) and 'fluid_level' in set(miss.column)

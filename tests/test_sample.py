@@ -201,6 +201,9 @@ def test_load_generator(tmp_path):
             assert all(torch.equal(u, v) for u, v in zip(a.state_dict().values(), b.state_dict().values()))
     raw = load_generator(tmp_path/'run', 'representation', ema=False)
     assert all(torch.equal(u, v) for u, v in zip(raw.model.state_dict().values(), ck.model.state_dict().values()))
+    auto = load_generator(tmp_path/'run', 'representation', ema='auto')   # 25 % of the init left in the EMA: the raw weights
+    assert auto.weights.startswith('raw') and all(torch.equal(u, v) for u, v in zip(auto.model.state_dict().values(), ck.model.state_dict().values()))
+    with pytest.raises(ValueError, match="'auto'"): load_generator(tmp_path/'run', 'representation', ema='ema')
     rr = representations_from_real(p, None, x, 4)                      # the encoder comes with the generator
     assert generate(p.model, 4, cond=rr.r, steps=2).shape == (4, 4, 8, 8)
     with pytest.raises(FileNotFoundError, match="cond="): load_generator(tmp_path/'run')

@@ -109,6 +109,7 @@ def test_plot_marks_kept_and_dropped():
     ax2 = [a for a in ax.figure.axes if a is not ax][0]
     sizes = [len(c.get_offsets()) for c in ax2.collections]
     assert sizes == [2, 2] and len(ax.patches) == 4 and ax2.get_yscale() == 'log'
+    assert ax2.get_ylim()[1] <= 1.5      # the p-value axis ends near 1, where p-values end
     plt.close(ax.figure)
 
 
