@@ -314,19 +314,20 @@ def train(cfg: TrainConfig, latents: LatentSet, out_dir, labels=None, resume: bo
             eps_pred = mods['model'](z_t, t)                                      # g_θ(z_t, t)
         return dict(loss=eps_loss(eps, eps_pred.float()), t_mean=t.float().mean())   # Eq. (2): ‖ε − g_θ(·)‖², over θ and φ
 
-    go = lambda n: fit(dict(model=model, encoder=encoder), objective, steps=cfg.steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
+    go = lambda n, again=False: fit(dict(model=model, encoder=encoder), objective, steps=cfg.steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
             grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay, seed=lambda rank: _stream_seed(cfg.seed, rank), out_dir=out,
             config=cfg.to_dict(), resumable=_RESUMABLE, fingerprint=data_fingerprint(latents, labels),
             columns=('loss', 't_mean'), ckpt_every=cfg.ckpt_every, log_every=cfg.log_every,
-            mixed_precision=cfg.mixed_precision, tf32=cfg.tf32, resume=resume, max_steps=n, progress=progress,
+            mixed_precision=cfg.mixed_precision, tf32=cfg.tf32, resume=resume or again, max_steps=n, progress=progress,
             desc=f"train {cfg.cond}", ckpt_extra=dict(latent_shape=list(latents.shape)),
             files={CONFIG_NAME: json.dumps(cfg.to_dict(), indent=1)})
     at = _load_state(out/CKPT_NAME)['step'] if (out/CKPT_NAME).exists() and snapshots else 0
     stop = cfg.steps if max_steps is None else min(cfg.steps, at + max_steps)
+    again = False
     for s in sorted({int(s) for s in snapshots if at < int(s) < stop}):    # run up to each snapshot step, keep a copy
-        at = go(s - at).step
+        at, again = go(s - at, again).step, True
         atomic_write(out/f'snapshot-{s}.pt', lambda tmp: shutil.copyfile(out/CKPT_NAME, tmp))
-    f = go(stop - at)
+    f = go(stop - at, again)                      # after a snapshot, continue the checkpoint this call wrote
     losses = [r[1] for r in f.log]
     return dict(out_dir=str(out), checkpoint=str(out/CKPT_NAME), loss_csv=str(out/LOG_NAME), step=f.step,
                 last_loss=losses[-1] if losses else None, min_loss=min(losses) if losses else None)
