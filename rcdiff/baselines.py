@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 __all__ = ['ARCHS', 'vit_patch_size', 'make_classifier', 'class_weights', 'ClassifierConfig', 'predict_logits',
            'train_classifier', 'random_resized_crops', 'DINOConfig', 'dino_views', 'block_masks', 'DINO', 'dino_lr',
            'teacher_momentum', 'dino_optimizer', 'dino_step', 'pretrain_dino', 'classifier_from_backbone', 'features',
-           'linear_probe', 'fit_from_scratch', 'fit_baselines']
+           'linear_probe', 'fit_from_scratch', 'fit_baselines', 'plot_dino_history']
 
 # %% ../nbs/09_baselines.ipynb #5ac56de8
 ARCHS = {
@@ -495,3 +495,11 @@ def fit_baselines(x: dict, y: dict, x_pretrain: torch.Tensor, num_classes: int, 
     logits[f"DINOv2 ({dino.arch}, linear probe)"] = dict(valid=lp['valid'], test=lp['test'])
     seconds['DINOv2 tuning'] = time.time() - t
     return dict(logits=logits, dino_history=pre['history'], seconds=seconds)
+
+def plot_dino_history(history: pd.DataFrame):
+    "The loss columns of `pretrain_dino`'s `history` against the step."
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for c in [c for c in history.columns if c.endswith('loss')]: ax.plot(history.step, history[c], label=c)
+    ax.set(xlabel='step', ylabel='loss', title='DINOv2 pre-training (from scratch, no labels)'); ax.legend(fontsize=8)
+    return fig

@@ -16,8 +16,8 @@ from .diffusion import Diffusion, eps_part
 # %% auto #0
 __all__ = ['WEIGHTINGS', 'DC_VARIANTS', 'DC_FIXED_VARIANT', 'van_der_corput_order', 'NoiseBank', 'make_bank', 'ErrorMatrix',
            'class_errors', 'naive_errors', 't_weights', 'scores', 'predict', 'choose_t_band', 'dc_classifiers',
-           'auroc_by_t', 'z0_by_label', 'plot_z0_by_label', 'nearest_class_mean_score', 'adaptive_classify',
-           'GaussianDenoiser', 'error_matrices', 'DCMetric']
+           'auroc_by_t', 'plot_auroc_by_t', 'z0_by_label', 'plot_z0_by_label', 'fig9_pair', 'nearest_class_mean_score',
+           'adaptive_classify', 'GaussianDenoiser', 'error_matrices', 'DCMetric', 'samples_study', 'plot_samples_study']
 
 # %% ../nbs/08_classify.ipynb #68052415
 def van_der_corput_order(n: int) -> list[int]:
@@ -271,6 +271,20 @@ def auroc_by_t(errors: dict, y, auroc) -> tuple:
                                 auroc_z0=auroc(-scores(E, 'z0', t_max=t_), y)))
     return pd.DataFrame(per_t), pd.DataFrame(cum)
 
+def plot_auroc_by_t(per_t, cum, colors=('tab:orange', 'tab:blue', 'tab:gray')):
+    "`auroc_by_t`'s tables: AUROC and accuracy at each single t, and the ε and z0 errors' AUROC averaged over t <= t_max."
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(1, 3, figsize=(14, 3.5))
+    for (k, d), c in zip(per_t.groupby('model', sort=False), colors):
+        ax[0].plot(d.t, d.auroc, 'o-', color=c, label=k); ax[1].plot(d.t, d.accuracy, 'o-', color=c, label=k)
+    for (k, d), c in zip(cum.groupby('model', sort=False), colors):
+        ax[2].plot(d.t_max, d.auroc_eps, 'o-', color=c, label=f'{k}, ε'); ax[2].plot(d.t_max, d.auroc_z0, 's--', color=c, label=f'{k}, z0')
+    ax[0].set(xlabel='t', ylabel='test AUROC', title='one timestep'); ax[1].set(xlabel='t', ylabel='test accuracy (raw argmin)', title='one timestep')
+    ax[2].set(xlabel='t_max', ylabel='test AUROC', title='errors averaged over t ≤ t_max')
+    for a in ax: a.axhline(0.5, color='k', lw=.5, ls=':')
+    ax[0].legend(fontsize=7); ax[2].legend(fontsize=6)
+    return fig
+
 # %% ../nbs/08_classify.ipynb #z0l-code
 @torch.no_grad()
 def z0_by_label(model, z0: torch.Tensor, ts, num_classes: int, diffusion: Diffusion | None = None, seed: int = 0) -> tuple:
@@ -320,6 +334,16 @@ def plot_z0_by_label(models: dict, z0: torch.Tensor, y, classes, ts, decode, dif
     for a in axes.flat: a.set_xticks([]); a.set_yticks([])
     fig.tight_layout()
     return fig
+
+def fig9_pair(y, groups=None, first=None) -> list:
+    """Indices of two images for Fig. 9: the first of class `first` (default: the first image's class), then the first
+    of another class and, where `groups` (patient ids) are given, of another patient."""
+    y = np.asarray(y).reshape(-1)
+    if len(y) < 2: raise ValueError(f"Fig. 9 needs two images, got {len(y)}")
+    hits = np.flatnonzero(y == (y[0] if first is None else first))
+    i0 = int(hits[0]) if len(hits) else 0
+    other = (y != y[i0]) & ((np.asarray(groups) != np.asarray(groups)[i0]) if groups is not None else True)
+    return [i0, int(np.flatnonzero(other)[0]) if other.any() else (i0 + 1) % len(y)]
 
 # %% ../nbs/08_classify.ipynb #ncm-code
 def nearest_class_mean_score(z_train, y_train, z, positive: int = 1) -> np.ndarray:
@@ -440,3 +464,45 @@ class DCMetric:
         r = {f'{self.name}_{k}': self.metric(-scores(E, k), self.y) for k in self.kinds}
         self.trace.append({**r, 'seconds': time.time() - t}); self.errors = E
         return r[f'{self.name}_{self.kinds[0]}']
+
+# %% ../nbs/08_classify.ipynb #study-code
+def samples_study(model, E_test: ErrorMatrix, y_test, z0_test: torch.Tensor, bank: NoiseBank, num_classes: int, auroc,
+                  calibration, z: float = 2.0, min_samples: int = 2, chunk: int = 1, diffusion: Diffusion | None = None,
+                  batch_size: int = 1024, kind: str = 'eps') -> dict:
+    """The exhaustive classifier of `E_test` (`model`'s errors on `z0_test` over `bank`) on the first n bank entries, and
+    the adaptive one run on `z0_test`, both with the `kind` error and decisions by `calibration` (a fitted
+    `rcdiff.metrics.PriorCalibration`). Returns `by_n` (n, evaluations, auroc, accuracy_calibrated), `summary`
+    (evaluations per image, accuracy and agreement of both), `adaptive` (`adaptive_classify`'s output) and `metrics`."""
+    import pandas as pd
+    yt = np.asarray(y_test).reshape(-1)
+    if E_test.shape[0] != len(yt) or len(E_test.t) != len(bank): raise ValueError(f"E_test {E_test} does not match {len(yt)} labels and a bank of {len(bank)}")
+    n_grid = sorted({n for n in 2 ** np.arange(9) if n <= len(bank)} | {len(bank)})
+    by_n = pd.DataFrame([dict(n=int(n), evaluations=int(num_classes * n), auroc=auroc(-scores(E_test, kind, n=n), yt),
+                              accuracy_calibrated=float((calibration.predict(-scores(E_test, kind, n=n)) == yt).mean())) for n in n_grid])
+    ad = adaptive_classify(model, z0_test, bank, num_classes, schedule=[(len(bank), 1)], kind=kind, calibration=calibration,
+                           z=z, min_samples=min_samples, chunk=chunk, diffusion=diffusion, batch_size=batch_size)
+    seen = np.isfinite(ad['errors'].eps)
+    max_dev = float(np.abs(ad['errors'].eps[seen] - E_test.eps[seen]).max() / np.abs(E_test.eps[seen]).max())
+    exh = calibration.predict(-scores(E_test, kind))
+    K = num_classes * len(bank)
+    summary = pd.DataFrame({'exhaustive': dict(evaluations_per_image=K, accuracy=float((exh == yt).mean())),
+                            f'adaptive (z = {z})': dict(evaluations_per_image=ad['evaluations_per_image'], accuracy=float((ad['pred'] == yt).mean()))}).T
+    summary['agreement_with_exhaustive'] = [1.0, float((ad['pred'] == exh).mean())]
+    summary.index.name = 'classifier'
+    metrics = dict(evaluations_exhaustive=K, evaluations_adaptive=float(ad['evaluations_per_image']), ratio=float(K / ad['evaluations_per_image']),
+                   accuracy_exhaustive=float(summary.accuracy.iloc[0]), accuracy_adaptive=float(summary.accuracy.iloc[1]),
+                   max_relative_deviation_from_exhaustive=max_dev)
+    return dict(by_n=by_n, summary=summary, adaptive=ad, metrics=metrics, z=z)
+
+def plot_samples_study(study: dict, title: str = '', metric: str = 'AUROC'):
+    "Left: the test `metric` of the exhaustive classifier against evaluations; right: its calibrated accuracy and the adaptive one's."
+    import matplotlib.pyplot as plt
+    by_n, s = study['by_n'], study['summary']
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax[0].plot(by_n.evaluations, by_n.auroc, 'o-', label='exhaustive, first n bank entries')
+    ax[1].plot(by_n.evaluations, by_n.accuracy_calibrated, 'o-', label='exhaustive, first n bank entries')
+    ax[1].plot(s.evaluations_per_image.iloc[1], s.accuracy.iloc[1], 'r*', ms=14, label=f"adaptive, z = {study['z']}")
+    ax[0].set(ylabel=f'test {metric}', title=title)
+    ax[1].set(ylabel='test accuracy (calibrated)', title='decisions (a one-class rule stays at the prevalence)')
+    for a in ax: a.set(xscale='log', xlabel='denoiser evaluations per test image'); a.legend(fontsize=8, loc='lower right')
+    return fig

@@ -19,7 +19,7 @@ from .phantom import WINDOWS, apply_window
 __all__ = ['SPLITS', 'DOWNSTREAM', 'NPZ_SPLITS', 'LOADER_VERSION', 'MIN_PATIENTS', 'MIN_PER_CLASS', 'SPLIT_FRACTIONS',
            'DataError', 'load_table', 'multiclass_column', 'channels', 'load_image', 'atomic_write', 'cache_dir',
            'load_images', 'support', 'make_splits', 'CheckReport', 'check_data', 'PretrainLabelsError', 'Dataset',
-           'reads_negative', 'choose_positive']
+           'reads_negative', 'choose_positive', 'task_positive']
 
 # %% ../nbs/01_data.ipynb #b3402c8d
 SPLITS = ('pretrain', 'train', 'valid', 'test')
@@ -767,3 +767,12 @@ def choose_positive(classes, train_labels=None, positive=None) -> tuple[int, str
     i = int(np.argmin(n))
     return i, (f"class '{names[i]}' is positive because {both} as the absence of disease and it is the minority class "
                f"of the train split ({n[i]} of {n.sum()} images).")
+
+def task_positive(classes, train_labels=None, positive=None) -> tuple:
+    """`choose_positive` for a task of any number of classes: with two, its (index, reason); with more, (None, a reason
+    saying that metrics are macro averages), and a `positive` class asked for is refused (it means nothing there)."""
+    classes = [str(c) for c in classes]
+    if len(classes) == 2: return choose_positive(classes, train_labels, positive)
+    if positive is not None and str(positive).strip() != '':
+        raise ValueError(f"data.positive={positive!r} is for two classes; this task has {len(classes)} ({', '.join(classes)}): metrics are macro averages")
+    return None, f"{len(classes)} classes ({', '.join(classes)}): no positive class; precision, recall, F1 and AUROC are macro averages over the classes"

@@ -11,11 +11,13 @@ from scipy.special import log_softmax, softmax
 from sklearn import metrics as skm
 
 # %% auto #0
-__all__ = ['BINARY_METRICS', 'MULTICLASS_METRICS', 'binary_metrics', 'bootstrap_ci', 'PriorCalibration', 'fmt_ci', 'ci_table',
-           'paired_bootstrap', 'verdict', 'claims_table', 'youden_threshold', 'recall_by_group',
-           'false_positive_rate_by_group', 'confusion_matrix', 'multiclass_metrics', 'plot_confusion', 'MulticlassCI',
-           'multiclass_bootstrap_ci', 'multiclass_ci_table', 'multiclass_paired_bootstrap', 'evidence', 'logits_auroc',
-           'decision_rules', 'one_class_rules', 'CalibratedTable', 'calibrated_table']
+__all__ = ['BINARY_METRICS', 'MULTICLASS_METRICS', 'PAPER_TABLE4', 'RESULT_COLUMNS', 'SUBGROUP_COLUMNS', 'binary_metrics',
+           'bootstrap_ci', 'PriorCalibration', 'fmt_ci', 'ci_table', 'paired_bootstrap', 'verdict', 'claims_table',
+           'youden_threshold', 'recall_by_group', 'false_positive_rate_by_group', 'confusion_matrix',
+           'multiclass_metrics', 'plot_confusion', 'MulticlassCI', 'multiclass_bootstrap_ci', 'multiclass_ci_table',
+           'multiclass_paired_bootstrap', 'evidence', 'logits_auroc', 'decision_rules', 'one_class_rules',
+           'CalibratedTable', 'calibrated_table', 'results_tables', 'long_results', 'subgroup_tables',
+           'plot_confusions', 'classification_findings', 'seed_tables']
 
 # %% ../nbs/10_metrics.ipynb #b1c60fbe
 BINARY_METRICS = ('accuracy', 'f1', 'recall', 'precision', 'auroc', 'balanced_accuracy', 'sensitivity', 'specificity')
@@ -594,3 +596,101 @@ def calibrated_table(rows: dict, y_valid, y_test, class_names, n_boot: int = 200
     notes = [f"note: {n!r} calls all {len(yt)} test images {c!r} after calibration; its accuracy is that class's share and "
              f"its macro recall 1/{len(class_names)}; only its AUROC (a ranking) says anything" for n, c in one.items()]
     return CalibratedTable(wide, cis, Lt, one, notes)
+
+# %% ../nbs/10_metrics.ipynb #rep-code
+PAPER_TABLE4 = pd.DataFrame({'ResNet 50': [.7150, .4950, .8928, .3424], 'ViT B': [.8659, .5200, .4642, .5909],
+                             'DINOv2': [.8882, .6875, .7857, .6111], 'Unconditional (ours)': [.8882, .7058, .8571, .6000],
+                             'Representation-Conditioned (ours)': [.9497, .8235, .7500, .9130]},
+                            index=['accuracy', 'f1', 'recall', 'precision']).T.rename_axis(
+                            'classifier (paper, Table 4; positive = hematoma, 179 test slices)')
+RESULT_COLUMNS = {2: ('accuracy', 'f1', 'recall', 'precision', 'auroc', 'balanced_accuracy'),     # the paper's order
+                  'multiclass': ('accuracy', 'precision', 'recall', 'f1', 'auroc', 'balanced_accuracy')}
+
+def results_tables(res: dict, rows, y_test, class_names, positive: int | None, interval: str) -> dict:
+    """{'raw': table, 'calibrated': table} of the classifiers `rows` of `res` (`decision_rules`' output): each metric's
+    value and interval, then what it rests on: with a `positive` class (two classes) `positive_class`, `n_test`,
+    `n_positive`; without, `classes`, `averaging`, `n_test` and `n_<class>` for each class; then `interval`."""
+    yt, names = np.asarray(y_test).reshape(-1), [str(c) for c in class_names]
+    missing = [n for n in rows if n not in res]
+    if missing: raise ValueError(f"no results for {missing}; known: {list(res)}")
+    if positive is not None:
+        cols, meta = RESULT_COLUMNS[2], dict(positive_class=names[positive], n_test=len(yt), n_positive=int((yt == positive).sum()))
+    else:
+        cols = RESULT_COLUMNS['multiclass']
+        meta = dict(classes=', '.join(names), averaging='macro', n_test=len(yt), **{f'n_{c}': int((yt == i).sum()) for i, c in enumerate(names)})
+    return {rule: ci_table({n: res[n]['ci'][rule] for n in rows}, cols)[0].assign(**meta, interval=interval)
+            for rule in ('raw', 'calibrated')}
+
+def long_results(res: dict, **meta) -> pd.DataFrame:
+    "Every classifier, rule and metric of `res` (`decision_rules`' output) as one row of value, low, high and `meta`."
+    long = pd.DataFrame([dict(classifier=n, rule=rule, metric=m, value=df.loc[m, 'value'], low=df.loc[m, 'low'], high=df.loc[m, 'high'])
+                         for n, r in res.items() for rule, df in r['ci'].items() for m in df.index])
+    return long.assign(**meta).set_index(['classifier', 'rule', 'metric'])
+
+SUBGROUP_COLUMNS = dict(positive=['hematoma_type', 'hypodensities', 'margin_irregularity', 'blend_sign', 'fluid_level'],
+                        negative=['hard_negative'])
+
+def subgroup_tables(y_true, preds: dict, rows: pd.DataFrame, positive: int = 1) -> dict:
+    """`recall_by_subgroup` (over the `SUBGROUP_COLUMNS['positive']` that `rows`, one per test image, has) and
+    `false_alarms_by_subgroup` (over the negative ones) of the decisions `preds` = {name: 0/1 per image}; {} when `rows`
+    has none of those columns."""
+    rows = rows.reset_index(drop=True)
+    if len(rows) != len(_arr(y_true, 'y_true')): raise ValueError(f"{len(rows)} rows for {len(y_true)} test labels")
+    cols = {k: [c for c in v if c in rows] for k, v in SUBGROUP_COLUMNS.items()}
+    out = {}
+    if cols['positive']: out['recall_by_subgroup'] = recall_by_group(y_true, preds, rows[cols['positive']], positive=positive, n_boot=0)
+    if cols['negative']: out['false_alarms_by_subgroup'] = false_positive_rate_by_group(y_true, preds, rows[cols['negative']], positive=positive)
+    return out
+
+def plot_confusions(y_true, preds: dict, class_names, title: str = ''):
+    "One normalised confusion matrix (`plot_confusion`) per classifier of `preds` = {name: decisions}, side by side."
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(preds), figsize=(2.9 * len(preds), 3.2))
+    for a, (n, p) in zip(np.atleast_1d(axes), preds.items()):
+        plot_confusion(confusion_matrix(y_true, p, len(class_names)), class_names, ax=a)
+        a.set_title(n.replace(' · ', '\n'), fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+def classification_findings(res: dict, auroc_ci: dict, baselines, models: dict, chosen: str, variants, claims=None,
+                            one_class=None, n_test: int = 0, unit: str = '', n_positive: int | None = None,
+                            valid_short: str = '') -> str:
+    """The closing paragraph of a classification run, from its numbers: `res` (`decision_rules`' output), `auroc_ci`
+    {row: (test AUROC, low, high)}, the `baselines` rows, `models` {key: name} whose Diffusion Classifier rows are
+    "<name> · <variant>" for each of `variants` and "<name> · <chosen>", `claims` (`claims_table`), `one_class`
+    {row: rules that call every image one class}; `n_positive` None = a multi-class task (macro AUROC)."""
+    metric = 'AUROC' if n_positive is not None else 'macro AUROC'
+    best = max(baselines, key=lambda n: auroc_ci[n][0])
+    found = [f"On {n_test} test images (intervals over {unit}{f', {n_positive} positive' if n_positive is not None else ''}), "
+             f"the strongest baseline is {best} at test {metric} {fmt_ci(*auroc_ci[best])}."]
+    for k, name in models.items():
+        row = f"{name} · {chosen}"
+        used = res[row]['variant']
+        var = {v: (res[f"{name} · {v}"]['valid_auroc'], auroc_ci[f"{name} · {v}"][0]) for v in variants}
+        top = max(var, key=lambda v: var[v][1])
+        how = 'fixed in advance (valid too small)' if valid_short else f"chosen on valid (valid {metric} {var[used][0]:.3f})"
+        s = f"{name} LDT: the Diffusion Classifier's {used} variant, {how}, reaches test {metric} {fmt_ci(*auroc_ci[row])}"
+        if top != used and var[top][1] - var[used][1] > .02:
+            s += f"; on test the {top} variant would rank higher ({var[top][1]:.3f}, valid {var[top][0]:.3f}): valid and test disagree"
+        found.append(s + '.')
+    if claims is not None:
+        auc = claims[claims.metric == 'auroc']
+        for v, verb in (('holds', 'hold'), ('refuted', 'are refuted'), ('unresolved', 'stay unresolved')):
+            c = auc[auc.verdict == v].claim.tolist()
+            if c: found.append(f"By the paired test {metric} ({unit}), {len(c)} of the paper's claims {verb}: {'; '.join(c)}.")
+    if one_class:
+        found.append(f"{len(one_class)} classifier(s) call every test image one class under at least one rule "
+                     f"({', '.join(one_class)}): their accuracy is the prevalence and only their {metric} carries information.")
+    if valid_short: found.append(f"The valid split is too small to choose ({valid_short}), so every choice on it used a rule fixed in advance.")
+    return ' '.join(found)
+
+def seed_tables(res: dict, metrics=('accuracy', 'f1', 'auroc', 'balanced_accuracy')) -> tuple:
+    """`res` = {seed: `decision_rules`' output}: `(per_seed, over)`, every classifier's value of every metric by rule and
+    seed, and, with more than one seed, the mean and standard deviation over seeds of `metrics` (None with one seed)."""
+    per_seed = pd.DataFrame([dict(seed=sd, classifier=n, rule=rule, **r['ci'][rule]['value'].to_dict())
+                             for sd, rs in res.items() for n, r in rs.items() for rule in ('raw', 'calibrated')])
+    over = None
+    if len(res) > 1:
+        over = per_seed.groupby(['classifier', 'rule'])[list(metrics)].agg(['mean', 'std'])
+        over.columns = [f'{m}_{s}' for m, s in over.columns]
+    return per_seed.set_index(['classifier', 'rule', 'seed']), over

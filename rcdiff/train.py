@@ -20,7 +20,7 @@ from .encoder import RepresentationEncoder
 
 # %% auto #0
 __all__ = ['CKPT_NAME', 'LOG_NAME', 'CONFIG_NAME', 'LOG_COLUMNS', 'TrainConfig', 'build', 'data_fingerprint', 'ResumeError',
-           'save_checkpoint', 'Fitted', 'fit', 'train', 'Checkpoint', 'load_checkpoint']
+           'save_checkpoint', 'Fitted', 'fit', 'train', 'Checkpoint', 'load_checkpoint', 'ensure_pretrained']
 
 # %% ../nbs/06_train.ipynb #8d466fd6
 _MODES = CONDS  # ('none', 'class', 'representation')
@@ -354,3 +354,20 @@ def load_checkpoint(path, device='cpu') -> Checkpoint:
     if encoder is not None: encoder.load_state_dict(state['encoder']); ema_encoder.load_state_dict(state['ema_encoder'])
     mods = [m.to(device).eval() if m is not None else None for m in (model, encoder, ema, ema_encoder)]
     return Checkpoint(*mods, cfg, state['step'])
+
+# %% ../nbs/06_train.ipynb #ens-code
+def ensure_pretrained(root, conds, cfg: TrainConfig, latents, may_train: bool = True) -> tuple:
+    """`({cond: Checkpoint}, {f'pretrain_{cond}': seconds})` for `root/<cond>/checkpoint.pt` of each of `conds`; a missing
+    one is pre-trained there with `cfg` (its `cond` replaced) on `latents` (a LatentSet, or a function returning one,
+    called only then), or, with `may_train=False`, refused."""
+    out, seconds = {}, {}
+    for cond in conds:
+        f = Path(root)/cond/CKPT_NAME
+        if not f.exists():
+            if not may_train: raise FileNotFoundError(f"no pre-trained checkpoint at {f}")
+            print(f"{cond}: no checkpoint at {f}, pre-training it now ({cfg.steps} steps)")
+            t = time.time(); train(dataclasses.replace(cfg, cond=cond), latents() if callable(latents) else latents, f.parent, progress=False)
+            seconds[f'pretrain_{cond}'] = time.time() - t
+        out[cond] = load_checkpoint(f)
+        print(f"{cond}: step {out[cond].step}, {out[cond].cfg.model}, from {f}")
+    return out, seconds

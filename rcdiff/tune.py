@@ -21,7 +21,7 @@ from .train import TrainConfig, build, data_fingerprint, save_checkpoint, fit, C
 # %% auto #0
 __all__ = ['LABEL_INITS', 'RESULT_NAME', 'LOSS_NAME', 'EVALS_NAME', 'TCONFIG_NAME', 'r_embeddings', 'from_pretrained', 'dit_arch',
            'from_scratch', 'denoiser_state', 'TuneConfig', 'valid_loss', 'TuneResult', 'tune', 'load_tuned',
-           'from_checkpoint', 'tune_ldts', 'pretrain_snapshots', 'label_init_shift', 'RecipeStudy']
+           'from_checkpoint', 'tune_ldts', 'plot_tuning', 'pretrain_snapshots', 'label_init_shift', 'RecipeStudy']
 
 # %% ../nbs/07_tune.ipynb #b51765b3
 LABEL_INITS = ('auto', 'zeros', 'normal', 'r_mean', 'r_class_mean')
@@ -273,6 +273,19 @@ def tune_ldts(pretrained: dict, latents: LatentSet, y, num_classes: int, cfg: Tu
     inits = {k: from_checkpoint(ck, num_classes, cfg.label_init, z0=z0, y=y, seed=cfg.seed) for k, ck in pretrained.items()}
     if scratch is not None: inits['scratch'] = from_scratch(pretrained[scratch].cfg, latents.shape, num_classes, seed=cfg.seed)
     return {k: tune(m, latents, y, cfg, Path(out_dir)/k, valid=valid, evaluate=evaluate, progress=progress) for k, m in inits.items()}
+
+def plot_tuning(results: dict, names: dict | None = None, metric: str = 'valid metric'):
+    "Each `TuneResult` of `results` ({key: result}, e.g. `tune_ldts`'): its loss (moving mean of 20 steps) and its valid evaluations."
+    import matplotlib.pyplot as plt
+    names = names or {}
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    for k, r in results.items():
+        ax[0].plot(r.history.step, r.history.loss.rolling(20, min_periods=1).mean(), label=names.get(k, k))
+        ax[1].plot(r.evals.step, r.evals.metric, 'o-', label=names.get(k, k))
+    ax[0].set(yscale='log', xlabel='tuning step', ylabel='loss (Eq. 2), moving mean of 20', title='tuning on the downstream train split')
+    ax[1].set(xlabel='tuning step', ylabel=metric, title='model selection on valid')
+    ax[0].legend(fontsize=8)
+    return fig
 
 def pretrain_snapshots(cfg: TrainConfig, latents: LatentSet, root, snaps=(1,)) -> dict:
     """Pre-train `cfg` once up to max(snaps) × cfg.steps steps in `root/<cond>_<model>_b<batch>`, keeping the checkpoint
