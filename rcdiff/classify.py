@@ -477,13 +477,15 @@ def samples_study(model, E_test: ErrorMatrix, y_test, z0_test: torch.Tensor, ban
     yt = np.asarray(y_test).reshape(-1)
     if E_test.shape[0] != len(yt) or len(E_test.t) != len(bank): raise ValueError(f"E_test {E_test} does not match {len(yt)} labels and a bank of {len(bank)}")
     n_grid = sorted({n for n in 2 ** np.arange(9) if n <= len(bank)} | {len(bank)})
-    by_n = pd.DataFrame([dict(n=int(n), evaluations=int(num_classes * n), auroc=auroc(-scores(E_test, kind, n=n), yt),
-                              accuracy_calibrated=float((calibration.predict(-scores(E_test, kind, n=n)) == yt).mean())) for n in n_grid])
+    L = {n: -scores(E_test, kind, n=n) for n in n_grid}                  # logits of the first n entries
+    by_n = pd.DataFrame([dict(n=int(n), evaluations=int(num_classes * n), auroc=auroc(L[n], yt),
+                              accuracy_calibrated=float((calibration.predict(L[n]) == yt).mean())) for n in n_grid])
     ad = adaptive_classify(model, z0_test, bank, num_classes, schedule=[(len(bank), 1)], kind=kind, calibration=calibration,
                            z=z, min_samples=min_samples, chunk=chunk, diffusion=diffusion, batch_size=batch_size)
-    seen = np.isfinite(ad['errors'].eps)
-    max_dev = float(np.abs(ad['errors'].eps[seen] - E_test.eps[seen]).max() / np.abs(E_test.eps[seen]).max())
-    exh = calibration.predict(-scores(E_test, kind))
+    ea, ee = getattr(ad['errors'], kind), getattr(E_test, kind)
+    seen = np.isfinite(ea)
+    max_dev = float(np.abs(ea[seen] - ee[seen]).max() / np.abs(ee[seen]).max())
+    exh = calibration.predict(L[len(bank)])
     K = num_classes * len(bank)
     summary = pd.DataFrame({'exhaustive': dict(evaluations_per_image=K, accuracy=float((exh == yt).mean())),
                             f'adaptive (z = {z})': dict(evaluations_per_image=ad['evaluations_per_image'], accuracy=float((ad['pred'] == yt).mean()))}).T
